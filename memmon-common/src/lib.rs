@@ -1,0 +1,154 @@
+//! Types shared by the kernel programs (`memmon-ebpf`) and userspace (`memmon`).
+//!
+//! Everything here is `#[repr(C)]` and laid out without implicit padding, because both sides
+//! read the same map bytes. Kept in its own tiny crate (as aya-template does) so that the eBPF
+//! crate stays `no_std` and userspace can derive `aya::Pod` behind the `user` feature.
+#![no_std]
+
+/// Deepest user stack captured per allocation (the kernel's default `perf_event_max_stack`).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// How many slots a stack may be moved along when its content hash collides with a different
+/// stack. Exhausting them is counted as [`Loss::StackHashCollision`]; it never merges sites.
+pub const STACK_PROBE_LIMIT: u64 = 4;
+
+/// Default capacity of the live-allocation table (one entry per live tracked block).
+pub const DEFAULT_MAX_LIVE_ALLOCATIONS: u32 = 1 << 20;
+/// Default capacity of the site (distinct allocation stack) tables.
+pub const DEFAULT_MAX_SITES: u32 = 1 << 16;
+/// Capacity of the per-thread table of allocator calls in flight.
+pub const MAX_PENDING_CALLS: u32 = 1 << 14;
+
+/// Which allocator entry point a pending call came through; decides how its exit is read.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocKind {
+    /// malloc, valloc, pvalloc, aligned_alloc, memalign, `operator new` style: size in, pointer out.
+    Plain = 0,
+    /// realloc / reallocarray: `old_ptr` is released only if the call succeeded (or size was 0).
+    Realloc = 1,
+    /// posix_memalign: the pointer is written through `out_ptr`; the return value is an errno.
+    PosixMemalign = 2,
+}
+
+/// An allocator call between its entry and its return, keyed by thread (`pid_tgid`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingCall {
+    /// Requested bytes; `u64::MAX` when the request overflowed (the call must fail).
+    pub size: u64,
+    /// realloc: the block being resized. posix_memalign: where the result is stored.
+    pub ptr_arg: u64,
+    /// User stack pointer at entry; tells the matching return from nested allocator calls.
+    pub entry_sp: u64,
+    pub kind: u32,
+    pub _pad: u32,
+    /// realloc: the old block, taken out of the live table at entry (timestamp 0 = untracked).
+    pub old_size: u64,
+    pub old_site: u64,
+    pub old_timestamp_ns: u64,
+}
+
+/// Key of the live-allocation table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LiveKey {
+    pub addr: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// One live tracked block.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveAlloc {
+    pub size: u64,
+    pub site: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at allocation.
+    pub timestamp_ns: u64,
+}
+
+/// Monotonic per-site counters; live = allocated - freed. Updated with atomic adds only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteStats {
+    pub alloc_bytes: u64,
+    pub alloc_count: u64,
+    pub free_bytes: u64,
+    pub free_count: u64,
+}
+
+/// The user call stack of a site, innermost frame first; only `ips[..depth]` is meaningful.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackTrace {
+    pub tgid: u32,
+    pub depth: u32,
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+
+/// Every way an event can be lost, left unpaired, or mis-attributed. Indexes the loss counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// A successful allocation could not be tracked: the live table is full.
+    LiveTableFull = 0,
+    /// `bpf_get_stack` failed; the allocation is counted under the "unknown stack" site.
+    StackCaptureFailed = 1,
+    /// A new stack could not be stored: the stack table is full (counted under "unknown stack").
+    StackTableFull = 2,
+    /// A stack hash collided with different stacks in every probe slot (counted as "unknown").
+    StackHashCollision = 3,
+    /// The site statistics table is full; the allocation is not tracked.
+    SiteTableFull = 4,
+    /// An allocator return with no recorded entry (e.g. the call began before attach).
+    ReturnWithoutEntry = 5,
+    /// An allocator entry whose return was never seen (replaced by a later call on the thread).
+    EntryWithoutReturn = 6,
+    /// The in-flight call table is full; the call is not tracked.
+    PendingTableFull = 7,
+    /// An address was handed out again while still live in our table: its free was missed.
+    MissedFree = 8,
+}
+
+pub const LOSS_REASONS: usize = 9;
+
+impl Loss {
+    pub const ALL: [Loss; LOSS_REASONS] = [
+        Loss::LiveTableFull,
+        Loss::StackCaptureFailed,
+        Loss::StackTableFull,
+        Loss::StackHashCollision,
+        Loss::SiteTableFull,
+        Loss::ReturnWithoutEntry,
+        Loss::EntryWithoutReturn,
+        Loss::PendingTableFull,
+        Loss::MissedFree,
+    ];
+
+    /// Stable snake_case name, used in output, JSON and metric labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Loss::LiveTableFull => "live_table_full",
+            Loss::StackCaptureFailed => "stack_capture_failed",
+            Loss::StackTableFull => "stack_table_full",
+            Loss::StackHashCollision => "stack_hash_collision",
+            Loss::SiteTableFull => "site_table_full",
+            Loss::ReturnWithoutEntry => "return_without_entry",
+            Loss::EntryWithoutReturn => "entry_without_return",
+            Loss::PendingTableFull => "pending_table_full",
+            Loss::MissedFree => "missed_free",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), Copy, and contain only integers with no implicit padding.
+    unsafe impl aya::Pod for PendingCall {}
+    unsafe impl aya::Pod for LiveKey {}
+    unsafe impl aya::Pod for LiveAlloc {}
+    unsafe impl aya::Pod for SiteStats {}
+    unsafe impl aya::Pod for StackTrace {}
+}

@@ -1,0 +1,237 @@
+//! The shared allocation paths: entry (remember the request), exit (record the result) and
+//! release (forget a block). Every allocator function's program is a thin decoder into these.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_ANY, BPF_NOEXIST, pt_regs},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    programs::{ProbeContext, RetProbeContext},
+};
+use memmon_common::{AllocKind, LiveAlloc, LiveKey, Loss, PendingCall, SiteStats};
+
+use crate::{
+    counters::{add, lose},
+    maps::{ARMED, LIVE, PENDING, SITES},
+    stack,
+};
+
+/// How far the stack pointer moves between a function's first instruction and its return:
+/// x86-64's `call` pushes the return address; arm64 keeps it in a register.
+#[cfg(bpf_target_arch = "x86_64")]
+const RETURN_ADDRESS_BYTES: u64 = 8;
+#[cfg(not(bpf_target_arch = "x86_64"))]
+const RETURN_ADDRESS_BYTES: u64 = 0;
+
+#[inline(always)]
+fn user_sp(regs: *mut pt_regs) -> u64 {
+    let regs = unsafe { &*regs };
+    #[cfg(bpf_target_arch = "x86_64")]
+    return regs.rsp;
+    #[cfg(bpf_target_arch = "aarch64")]
+    return regs.sp;
+}
+
+/// `n * size` as calloc sees it; an overflowing request must fail, so it becomes `u64::MAX`
+/// (no allocator satisfies it, and a failed call is never recorded).
+#[inline(always)]
+pub fn array_size(n: u64, size: u64) -> u64 {
+    // Not checked_mul (nor a division test, which LLVM folds back into it): both lower to a
+    // 128-bit multiply, which BPF lacks. Multiply 32-bit halves instead.
+    const LOW: u64 = u32::MAX as u64;
+    let (n_high, n_low, size_high, size_low) = (n >> 32, n & LOW, size >> 32, size & LOW);
+    if n_high != 0 && size_high != 0 {
+        return u64::MAX;
+    }
+    let cross = n_high * size_low + n_low * size_high;
+    if cross > LOW {
+        return u64::MAX;
+    }
+    (cross << 32).checked_add(n_low * size_low).unwrap_or(u64::MAX)
+}
+
+/// A stack pointer below the entry of a call in flight on this thread means we are inside it:
+/// an allocator function called by another (calloc → malloc, realloc(p, 0) → free). Such inner
+/// calls are the outer call's business and must not be counted twice.
+#[inline(always)]
+fn inside_tracked_call(thread: u64, sp: u64) -> bool {
+    match PENDING.get_ptr(thread) {
+        Some(call) => unsafe { (*call).entry_sp > sp },
+        None => false,
+    }
+}
+
+#[inline(always)]
+pub fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, ptr_arg: u64) {
+    let thread = bpf_get_current_pid_tgid();
+    let sp = user_sp(ctx.regs);
+    if PENDING.get_ptr(thread).is_some() {
+        if inside_tracked_call(thread, sp) {
+            return;
+        }
+        lose(Loss::EntryWithoutReturn);
+    }
+    let tgid = (thread >> 32) as u32;
+    // realloc's old block leaves the live table now, before the allocator can hand its address
+    // to another thread; the exit puts it back if the call failed.
+    let (old_size, old_site, old_timestamp_ns) = match kind {
+        AllocKind::Realloc if ptr_arg != 0 => match take_live(tgid, ptr_arg) {
+            Some(block) => (block.size, block.site, block.timestamp_ns),
+            None => (0, 0, 0),
+        },
+        _ => (0, 0, 0),
+    };
+    let call = PendingCall {
+        size,
+        ptr_arg,
+        entry_sp: sp,
+        kind: kind as u32,
+        _pad: 0,
+        old_size,
+        old_site,
+        old_timestamp_ns,
+    };
+    if PENDING.insert(thread, call, BPF_ANY as u64).is_err() {
+        lose(Loss::PendingTableFull);
+        if old_timestamp_ns != 0 {
+            credit_free(old_site, old_size);
+        }
+    }
+}
+
+#[inline(always)]
+pub fn exit(ctx: &RetProbeContext) {
+    let thread = bpf_get_current_pid_tgid();
+    let sp = user_sp(ctx.regs);
+    let Some(call) = PENDING.get_ptr(thread) else {
+        if ARMED.get(0).is_some_and(|armed| *armed != 0) {
+            lose(Loss::ReturnWithoutEntry);
+        }
+        return;
+    };
+    let call = unsafe { *call };
+    let expected_sp = call.entry_sp + RETURN_ADDRESS_BYTES;
+    if sp < expected_sp {
+        return; // the return of a nested allocator call
+    }
+    let _ = PENDING.remove(thread);
+    let tgid = (thread >> 32) as u32;
+    if sp > expected_sp {
+        // The recorded call's frame is gone (it never returned); this return is not its.
+        lose(Loss::EntryWithoutReturn);
+        restore_old_block(tgid, &call);
+        return;
+    }
+    let ret: u64 = ctx.ret();
+    match call.kind {
+        k if k == AllocKind::Realloc as u32 => {
+            // realloc(p, 0) frees p and may return NULL; any other NULL is a failure.
+            if ret != 0 || call.size == 0 {
+                if call.old_timestamp_ns != 0 {
+                    credit_free(call.old_site, call.old_size);
+                }
+            } else {
+                restore_old_block(tgid, &call);
+            }
+            if ret != 0 {
+                record(ctx, tgid, ret, call.size);
+            }
+        }
+        k if k == AllocKind::PosixMemalign as u32 => {
+            if ret as u32 == 0
+                && let Ok(addr) = unsafe { bpf_probe_read_user(call.ptr_arg as *const u64) }
+                && addr != 0
+            {
+                record(ctx, tgid, addr, call.size);
+            }
+        }
+        _ => {
+            if ret != 0 {
+                record(ctx, tgid, ret, call.size);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub fn free(ctx: &ProbeContext, addr: u64) {
+    if addr == 0 {
+        return;
+    }
+    let thread = bpf_get_current_pid_tgid();
+    if inside_tracked_call(thread, user_sp(ctx.regs)) {
+        return;
+    }
+    if let Some(block) = take_live((thread >> 32) as u32, addr) {
+        credit_free(block.site, block.size);
+    }
+}
+
+/// Records a successful allocation of `size` bytes at `addr`.
+#[inline(always)]
+fn record<C: EbpfContext>(ctx: &C, tgid: u32, addr: u64, size: u64) {
+    let Some(site) = stack::current_site(ctx, tgid) else {
+        lose(Loss::StackCaptureFailed);
+        return;
+    };
+    let Some(stats) = site_stats(site) else {
+        lose(Loss::SiteTableFull);
+        return;
+    };
+    let key = LiveKey { addr, tgid, _pad: 0 };
+    if let Some(stale) = take_live(tgid, addr) {
+        // The allocator handed out an address we still think is live: its free was missed.
+        lose(Loss::MissedFree);
+        credit_free(stale.site, stale.size);
+    }
+    let block = LiveAlloc { size, site, timestamp_ns: unsafe { bpf_ktime_get_ns() } };
+    if LIVE.insert(key, block, BPF_NOEXIST as u64).is_err() {
+        lose(Loss::LiveTableFull);
+        return;
+    }
+    let stats = unsafe { &mut *stats };
+    add(&mut stats.alloc_bytes, size);
+    add(&mut stats.alloc_count, 1);
+}
+
+#[inline(always)]
+fn site_stats(site: u64) -> Option<*mut SiteStats> {
+    if let Some(stats) = SITES.get_ptr_mut(site) {
+        return Some(stats);
+    }
+    // Losing the NOEXIST race to another CPU is fine: the lookup below finds its entry.
+    let _ = SITES.insert(site, SiteStats::default(), BPF_NOEXIST as u64);
+    SITES.get_ptr_mut(site)
+}
+
+/// Removes a live block and returns it; `None` if untracked or already taken by another thread.
+#[inline(always)]
+fn take_live(tgid: u32, addr: u64) -> Option<LiveAlloc> {
+    let key = LiveKey { addr, tgid, _pad: 0 };
+    let block = unsafe { *LIVE.get_ptr(&key)? };
+    LIVE.remove(&key).ok()?;
+    Some(block)
+}
+
+#[inline(always)]
+fn credit_free(site: u64, size: u64) {
+    if let Some(stats) = SITES.get_ptr_mut(site) {
+        let stats = unsafe { &mut *stats };
+        add(&mut stats.free_bytes, size);
+        add(&mut stats.free_count, 1);
+    }
+}
+
+/// A realloc that failed (or whose return we cannot trust) leaves its old block live.
+#[inline(always)]
+fn restore_old_block(tgid: u32, call: &PendingCall) {
+    if call.old_timestamp_ns == 0 {
+        return;
+    }
+    let key = LiveKey { addr: call.ptr_arg, tgid, _pad: 0 };
+    let block =
+        LiveAlloc { size: call.old_size, site: call.old_site, timestamp_ns: call.old_timestamp_ns };
+    if LIVE.insert(key, block, BPF_NOEXIST as u64).is_err() {
+        lose(Loss::LiveTableFull);
+        credit_free(call.old_site, call.old_size);
+    }
+}

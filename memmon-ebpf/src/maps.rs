@@ -1,0 +1,45 @@
+//! The kernel maps. Capacities marked "resized at load" are set by userspace from configuration.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use memmon_common::{
+    DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, LOSS_REASONS, LiveAlloc, LiveKey,
+    MAX_PENDING_CALLS, PendingCall, SiteStats, StackTrace,
+};
+
+/// Allocator calls in flight, by thread (`pid_tgid`).
+#[map]
+pub static PENDING: HashMap<u64, PendingCall> =
+    HashMap::with_max_entries(MAX_PENDING_CALLS, BPF_F_NO_PREALLOC);
+
+/// Live tracked blocks: (tgid, address) → size, site, time. Resized at load.
+/// Not preallocated: memory follows the live set, and elements are never recycled under a reader.
+#[map]
+pub static LIVE: HashMap<LiveKey, LiveAlloc> =
+    HashMap::with_max_entries(DEFAULT_MAX_LIVE_ALLOCATIONS, BPF_F_NO_PREALLOC);
+
+/// Per-site counters. Resized at load.
+#[map]
+pub static SITES: HashMap<u64, SiteStats> =
+    HashMap::with_max_entries(DEFAULT_MAX_SITES, BPF_F_NO_PREALLOC);
+
+/// Site id → its stack. Resized at load (same capacity as SITES).
+#[map]
+pub static STACKS: HashMap<u64, StackTrace> =
+    HashMap::with_max_entries(DEFAULT_MAX_SITES, BPF_F_NO_PREALLOC);
+
+/// Scratch space for capturing a stack (too large for the 512-byte BPF stack).
+#[map]
+pub static STACK_SCRATCH: PerCpuArray<StackTrace> = PerCpuArray::with_max_entries(1, 0);
+
+/// Loss counters, indexed by `memmon_common::Loss`.
+#[map]
+pub static LOSSES: Array<u64> = Array::with_max_entries(LOSS_REASONS as u32, 0);
+
+/// Set to 1 by userspace once every probe is attached. Before that, a return with no recorded
+/// entry is expected (the call began while probes were being attached) and is not a loss.
+#[map]
+pub static ARMED: Array<u32> = Array::with_max_entries(1, 0);

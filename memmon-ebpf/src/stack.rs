@@ -1,0 +1,120 @@
+//! Stack capture and interning: the one place that turns "the stack right now" into a site id.
+//!
+//! A site id is a content hash of (tgid, frames). Stacks are compared frame by frame on every
+//! hit, and a colliding different stack moves to the next slot, so two stacks are never merged
+//! into one site and a site is never relabelled (unlike `BPF_F_REUSE_STACKID` stack-id maps).
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    cty::c_void,
+    helpers::generated::bpf_get_stack,
+};
+use memmon_common::{Loss, MAX_STACK_DEPTH, STACK_PROBE_LIMIT, StackTrace};
+
+use crate::{
+    counters::lose,
+    maps::{STACK_SCRATCH, STACKS},
+};
+
+const EEXIST: i32 = 17;
+
+/// Captures the calling thread's user stack and returns its site id.
+///
+/// Called from the allocator's return probe, so the first frame is the allocator's caller.
+/// When the stack cannot be captured or stored, the allocation still counts, under the
+/// process's "unknown stack" site (depth 0), and the reason is counted as a loss.
+#[inline(always)]
+pub fn current_site<C: EbpfContext>(ctx: &C, tgid: u32) -> Option<u64> {
+    let scratch = unsafe { &mut *STACK_SCRATCH.get_ptr_mut(0)? };
+    scratch.tgid = tgid;
+    let captured = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            scratch.ips.as_mut_ptr() as *mut c_void,
+            (MAX_STACK_DEPTH * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if captured <= 0 {
+        lose(Loss::StackCaptureFailed);
+        scratch.depth = 0;
+    } else {
+        scratch.depth = (captured as u32) / 8;
+    }
+    match intern(scratch) {
+        Ok(site) => Some(site),
+        Err(loss) => {
+            lose(loss);
+            scratch.depth = 0;
+            intern(scratch).ok()
+        }
+    }
+}
+
+#[inline(always)]
+fn intern(stack: &StackTrace) -> Result<u64, Loss> {
+    let hash = content_hash(stack);
+    for probe in 0..STACK_PROBE_LIMIT {
+        let site = hash.wrapping_add(probe);
+        if let Some(existing) = STACKS.get_ptr(site) {
+            if same_stack(unsafe { &*existing }, stack) {
+                return Ok(site);
+            }
+            continue;
+        }
+        match STACKS.insert(site, stack, BPF_NOEXIST as u64) {
+            Ok(()) => return Ok(site),
+            // Another CPU stored a stack in this slot between our lookup and insert.
+            Err(err) if err as i32 == -EEXIST => {
+                if let Some(existing) = STACKS.get_ptr(site)
+                    && same_stack(unsafe { &*existing }, stack)
+                {
+                    return Ok(site);
+                }
+            }
+            Err(_) => return Err(Loss::StackTableFull),
+        }
+    }
+    Err(Loss::StackHashCollision)
+}
+
+#[inline(always)]
+fn depth_of(stack: &StackTrace) -> usize {
+    (stack.depth as usize).min(MAX_STACK_DEPTH)
+}
+
+#[inline(always)]
+fn content_hash(stack: &StackTrace) -> u64 {
+    let mut hash = (stack.tgid as u64) << 32 | stack.depth as u64;
+    let depth = depth_of(stack);
+    for i in 0..MAX_STACK_DEPTH {
+        if i >= depth {
+            break;
+        }
+        hash = (hash.rotate_left(5) ^ stack.ips[i]).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    // splitmix64 finalizer: spread the bits so that adjacent probe slots are unrelated stacks.
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
+}
+
+#[inline(always)]
+fn same_stack(a: &StackTrace, b: &StackTrace) -> bool {
+    if a.tgid != b.tgid || a.depth != b.depth {
+        return false;
+    }
+    let depth = depth_of(a);
+    for i in 0..MAX_STACK_DEPTH {
+        if i >= depth {
+            break;
+        }
+        if a.ips[i] != b.ips[i] {
+            return false;
+        }
+    }
+    true
+}

@@ -1,0 +1,223 @@
+//! Finding the allocator a process actually calls, and where to probe it.
+//!
+//! A process may get malloc from glibc, from a preloaded or linked jemalloc/tcmalloc/mimalloc,
+//! or from its own executable (static binaries). The dynamic linker binds malloc to the first
+//! object in search order that defines it; we approximate that order as: a known third-party
+//! allocator library, then the executable itself, then any other mapped object (libc last).
+
+use std::{collections::BTreeMap, fs, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
+
+use crate::process::Process;
+
+/// An allocator function memmon probes, and the kernel program that decodes its arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Function {
+    pub symbol: &'static str,
+    /// Name of the entry program in memmon-ebpf.
+    pub entry_program: &'static str,
+    /// Whether the return must be seen too (every allocating function; not free).
+    pub returns_allocation: bool,
+}
+
+const fn allocating(symbol: &'static str, entry_program: &'static str) -> Function {
+    Function { symbol, entry_program, returns_allocation: true }
+}
+
+/// The C allocator family. `free` must come last: it is attached after the allocating functions
+/// so that no block can be freed by a probe that saw no allocation path at all.
+pub const FAMILY: &[Function] = &[
+    allocating("malloc", "malloc_enter"),
+    allocating("calloc", "calloc_enter"),
+    allocating("realloc", "realloc_enter"),
+    allocating("reallocarray", "reallocarray_enter"),
+    allocating("posix_memalign", "posix_memalign_enter"),
+    allocating("aligned_alloc", "aligned_enter"),
+    allocating("memalign", "aligned_enter"),
+    allocating("valloc", "size_only_enter"),
+    allocating("pvalloc", "size_only_enter"),
+    Function { symbol: "free", entry_program: "free_enter", returns_allocation: false },
+];
+
+/// A function found in the allocator object, with the file offset the uprobe goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeSite {
+    pub function: Function,
+    pub file_offset: u64,
+}
+
+/// The object that serves a process' allocations.
+#[derive(Clone, Debug)]
+pub struct Allocator {
+    /// "glibc", "jemalloc", "tcmalloc", "mimalloc", or "static" (the executable's own).
+    pub name: &'static str,
+    /// Path of the object as the target sees it.
+    pub object: String,
+    pub sites: Vec<ProbeSite>,
+}
+
+impl Allocator {
+    /// Finds the allocator of `process` from its memory map and the mapped objects' symbols.
+    pub fn find(process: &Process) -> Result<Self> {
+        let maps = fs::read_to_string(process.path("maps"))
+            .with_context(|| format!("cannot read /proc/{}/maps", process.pid))?;
+        let exe = fs::read_link(process.path("exe"))
+            .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").to_string())
+            .ok();
+        let objects = mapped_objects(&maps);
+        if objects.is_empty() {
+            bail!("pid {} has no mapped executable files; is it still starting?", process.pid);
+        }
+        let mut searched = Vec::new();
+        for object in search_order(&objects, exe.as_deref()) {
+            let path = process.root_path(object);
+            let sites = match probe_sites(&path) {
+                Ok(sites) => sites,
+                Err(_) => continue,
+            };
+            searched.push(object.to_string());
+            let has = |symbol| sites.iter().any(|s: &ProbeSite| s.function.symbol == symbol);
+            if has("malloc") && has("free") {
+                return Ok(Self { name: classify(object, exe.as_deref()), object: object.to_string(), sites });
+            }
+        }
+        bail!(
+            "no allocator found in pid {}: none of its objects defines both malloc and free \
+             (searched {})",
+            process.pid,
+            searched.join(", ")
+        )
+    }
+}
+
+/// Distinct file-backed objects with executable mappings, in map order.
+fn mapped_objects(maps: &str) -> Vec<&str> {
+    let mut seen = BTreeMap::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(_range), Some(perms)) = (fields.next(), fields.next()) else { continue };
+        let path = fields.nth(3).map(str::trim).unwrap_or("");
+        if perms.contains('x') && path.starts_with('/') {
+            let next = seen.len();
+            seen.entry(path).or_insert(next);
+        }
+    }
+    let mut objects: Vec<_> = seen.into_iter().collect();
+    objects.sort_by_key(|&(_, order)| order);
+    objects.into_iter().map(|(path, _)| path).collect()
+}
+
+const THIRD_PARTY: &[(&str, &str)] =
+    &[("libjemalloc", "jemalloc"), ("libtcmalloc", "tcmalloc"), ("libmimalloc", "mimalloc")];
+
+fn search_order<'a>(objects: &[&'a str], exe: Option<&str>) -> Vec<&'a str> {
+    let file_name = |path: &str| path.rsplit('/').next().unwrap_or(path).to_string();
+    let rank = |object: &&str| {
+        let name = file_name(object);
+        if THIRD_PARTY.iter().any(|(prefix, _)| name.starts_with(prefix)) {
+            0
+        } else if Some(*object) == exe {
+            1
+        } else if name.starts_with("libc.so") || name.starts_with("libc-") {
+            3
+        } else {
+            2
+        }
+    };
+    let mut ordered = objects.to_vec();
+    ordered.sort_by_key(rank);
+    ordered
+}
+
+fn classify(object: &str, exe: Option<&str>) -> &'static str {
+    let name = object.rsplit('/').next().unwrap_or(object);
+    if let Some((_, allocator)) = THIRD_PARTY.iter().find(|(prefix, _)| name.starts_with(prefix)) {
+        return allocator;
+    }
+    if Some(object) == exe {
+        return "static";
+    }
+    if name.starts_with("libc.so") || name.starts_with("libc-") {
+        return "glibc";
+    }
+    "other"
+}
+
+/// The allocator family's entry points defined in the ELF file at `path`, as file offsets.
+pub fn probe_sites(path: &Path) -> Result<Vec<ProbeSite>> {
+    let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = object::File::parse(&*data)
+        .with_context(|| format!("{} is not an object file memmon can read", path.display()))?;
+    let mut sites = Vec::new();
+    for function in FAMILY {
+        let symbol = file
+            .dynamic_symbols()
+            .chain(file.symbols())
+            .find(|s| s.is_definition() && s.name() == Ok(function.symbol));
+        let Some(symbol) = symbol else { continue };
+        let Some(file_offset) = file_offset(&file, symbol.address()) else { continue };
+        // Aliases (glibc's aligned_alloc and memalign may be one function) get one probe:
+        // two probes on one instruction would see every call twice.
+        if sites.iter().any(|s: &ProbeSite| s.file_offset == file_offset) {
+            continue;
+        }
+        sites.push(ProbeSite { function: *function, file_offset });
+    }
+    Ok(sites)
+}
+
+/// Translates a virtual address to a file offset through the loadable segment containing it.
+fn file_offset(file: &object::File, address: u64) -> Option<u64> {
+    file.segments().find_map(|segment| {
+        let (offset, size) = segment.file_range();
+        let start = segment.address();
+        (address >= start && address < start + size).then(|| address - start + offset)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 123 /usr/bin/app
+55d0c0a01000-55d0c0a02000 r-xp 00001000 fe:01 123 /usr/bin/app
+7f0000000000-7f0000020000 r-xp 00028000 fe:01 456 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f0000100000-7f0000120000 r-xp 00010000 fe:01 789 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+7f0000200000-7f0000201000 rw-p 00000000 00:00 0 [heap]
+7ffd00000000-7ffd00001000 r-xp 00000000 00:00 0 [vdso]
+";
+
+    #[test]
+    fn objects_are_executable_file_mappings_in_order() {
+        assert_eq!(
+            mapped_objects(MAPS),
+            ["/usr/bin/app", "/usr/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"]
+        );
+    }
+
+    #[test]
+    fn third_party_allocator_wins_then_executable_then_libc() {
+        let objects = mapped_objects(MAPS);
+        let order = search_order(&objects, Some("/usr/bin/app"));
+        assert_eq!(order[0], "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2");
+        assert_eq!(order[1], "/usr/bin/app");
+        assert_eq!(order[2], "/usr/lib/x86_64-linux-gnu/libc.so.6");
+        assert_eq!(classify(order[0], Some("/usr/bin/app")), "jemalloc");
+        assert_eq!(classify(order[1], Some("/usr/bin/app")), "static");
+        assert_eq!(classify(order[2], Some("/usr/bin/app")), "glibc");
+    }
+
+    #[test]
+    fn glibc_exports_the_family() {
+        let libc = Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6");
+        let sites = probe_sites(libc).unwrap();
+        for symbol in ["malloc", "calloc", "realloc", "free"] {
+            assert!(sites.iter().any(|s| s.function.symbol == symbol), "{symbol} missing");
+        }
+        let offsets: std::collections::HashSet<_> = sites.iter().map(|s| s.file_offset).collect();
+        assert!(offsets.len() >= 4, "distinct functions at distinct offsets");
+    }
+}

@@ -1,0 +1,11 @@
+//! memmon: live memory by allocation site, for running processes, from eBPF uprobes.
+//!
+//! The binary is a thin CLI over this library; integration tests drive the library directly.
+
+pub mod agent;
+pub mod allocator;
+pub mod process;
+pub mod report;
+pub mod snapshot;
+pub mod symbolize;
+pub mod tracer;

@@ -1,0 +1,151 @@
+//! What /proc says about a target process: that it exists and can be traced, its name, and its
+//! memory as the kernel accounts it.
+
+use std::{fs, io, path::PathBuf};
+
+use anyhow::{Result, bail};
+
+/// `PF_KTHREAD` from the kernel's `include/linux/sched.h` (the `flags` field of /proc/PID/stat).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// A user process memmon may attach to.
+#[derive(Clone, Debug)]
+pub struct Process {
+    pub pid: u32,
+    pub comm: String,
+}
+
+impl Process {
+    /// Checks that `pid` names a live user process, with errors an operator can act on.
+    pub fn open(pid: u32) -> Result<Self> {
+        if pid == 0 {
+            bail!("pid 0 is not a process; pass the pid of a running program (see `ps`)");
+        }
+        let stat = match fs::read_to_string(proc_path(pid, "stat")) {
+            Ok(stat) => stat,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                bail!("no process with pid {pid}; check the pid with `ps -p {pid}`")
+            }
+            Err(err) => bail!("cannot read /proc/{pid}/stat: {err}"),
+        };
+        let stat = Stat::parse(&stat)
+            .ok_or_else(|| anyhow::anyhow!("cannot parse /proc/{pid}/stat"))?;
+        if stat.flags & PF_KTHREAD != 0 {
+            bail!(
+                "pid {pid} ({}) is a kernel thread, which has no user-space allocator; \
+                 pass the pid of a user program",
+                stat.comm
+            );
+        }
+        if stat.state == 'Z' || stat.state == 'X' {
+            bail!("pid {pid} ({}) has exited (it is a zombie); nothing left to trace", stat.comm);
+        }
+        Ok(Self { pid, comm: stat.comm })
+    }
+
+    /// Whether the process still runs (a zombie counts as gone).
+    pub fn is_alive(&self) -> bool {
+        match fs::read_to_string(proc_path(self.pid, "stat")) {
+            Ok(stat) => Stat::parse(&stat).is_some_and(|s| s.state != 'Z' && s.state != 'X'),
+            Err(_) => false,
+        }
+    }
+
+    pub fn path(&self, entry: &str) -> PathBuf {
+        proc_path(self.pid, entry)
+    }
+
+    /// A file as the target sees it (through its mount namespace, so containers work).
+    pub fn root_path(&self, path: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{}", self.pid, path))
+    }
+
+    pub fn memory(&self) -> Option<MemoryStatus> {
+        fs::read_to_string(self.path("status")).ok().map(|s| MemoryStatus::parse(&s))
+    }
+}
+
+fn proc_path(pid: u32, entry: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/{entry}"))
+}
+
+struct Stat {
+    comm: String,
+    state: char,
+    flags: u64,
+}
+
+impl Stat {
+    /// Fields of /proc/PID/stat; comm is in parentheses and may itself contain spaces or ')'.
+    fn parse(line: &str) -> Option<Self> {
+        let open = line.find('(')?;
+        let close = line.rfind(')')?;
+        let comm = line.get(open + 1..close)?.to_string();
+        let mut rest = line.get(close + 1..)?.split_whitespace();
+        let state = rest.next()?.chars().next()?;
+        // After state: ppid pgrp session tty_nr tpgid, then flags.
+        let flags = rest.nth(5)?.parse().ok()?;
+        Some(Self { comm, state, flags })
+    }
+}
+
+/// The kernel's view of a process' memory, from /proc/PID/status (bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStatus {
+    pub rss_bytes: u64,
+    pub virtual_bytes: u64,
+    pub peak_rss_bytes: u64,
+}
+
+impl MemoryStatus {
+    pub fn parse(status: &str) -> Self {
+        let mut memory = Self::default();
+        for line in status.lines() {
+            let Some((key, value)) = line.split_once(':') else { continue };
+            let kib = || -> u64 {
+                value.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0) * 1024
+            };
+            match key {
+                "VmRSS" => memory.rss_bytes = kib(),
+                "VmSize" => memory.virtual_bytes = kib(),
+                "VmHWM" => memory.peak_rss_bytes = kib(),
+                _ => {}
+            }
+        }
+        memory
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_awkward_comm() {
+        let stat = Stat::parse("42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0").unwrap();
+        assert_eq!(stat.comm, "a) b (c");
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.flags, 4194560);
+    }
+
+    #[test]
+    fn kernel_thread_flag() {
+        let stat = Stat::parse("2 (kthreadd) S 0 0 0 0 -1 2129984 0 0").unwrap();
+        assert_ne!(stat.flags & PF_KTHREAD, 0);
+    }
+
+    #[test]
+    fn status_memory_in_bytes() {
+        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmSize:\t  8000 kB\nVmHWM:\t  300 kB\nVmRSS:\t  200 kB\n";
+        let memory = MemoryStatus::parse(status);
+        assert_eq!(memory.rss_bytes, 200 * 1024);
+        assert_eq!(memory.virtual_bytes, 8000 * 1024);
+        assert_eq!(memory.peak_rss_bytes, 300 * 1024);
+    }
+
+    #[test]
+    fn missing_pid_is_a_clear_error() {
+        let err = Process::open(999_999_999).unwrap_err().to_string();
+        assert!(err.contains("no process with pid 999999999"), "{err}");
+    }
+}

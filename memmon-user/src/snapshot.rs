@@ -1,0 +1,86 @@
+//! A point-in-time copy of the kernel's per-site aggregates: the input of every report.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use memmon_common::{Loss, SiteStats};
+
+/// One allocation site (a distinct user call stack in one process) and its counters.
+#[derive(Clone, Debug)]
+pub struct SiteSample {
+    pub id: u64,
+    pub pid: u32,
+    /// Return addresses, innermost first; empty for the "unknown stack" site.
+    pub frames: Arc<Vec<u64>>,
+    pub stats: SiteStats,
+}
+
+impl SiteSample {
+    pub fn live_bytes(&self) -> u64 {
+        self.stats.alloc_bytes.saturating_sub(self.stats.free_bytes)
+    }
+
+    pub fn live_count(&self) -> u64 {
+        self.stats.alloc_count.saturating_sub(self.stats.free_count)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub sites: Vec<SiteSample>,
+    /// Loss counters by reason (every reason present, zero included).
+    pub losses: BTreeMap<&'static str, u64>,
+}
+
+impl Snapshot {
+    /// Sites by live bytes, largest first (ties: more live blocks first, then id for stability).
+    pub fn top_live(&self, limit: usize) -> Vec<&SiteSample> {
+        let mut sites: Vec<_> = self.sites.iter().filter(|s| s.live_bytes() > 0).collect();
+        sites.sort_by(|a, b| {
+            (b.live_bytes(), b.live_count(), a.id).cmp(&(a.live_bytes(), a.live_count(), b.id))
+        });
+        sites.truncate(limit);
+        sites
+    }
+
+    pub fn live_bytes(&self) -> u64 {
+        self.sites.iter().map(SiteSample::live_bytes).sum()
+    }
+
+    pub fn live_count(&self) -> u64 {
+        self.sites.iter().map(SiteSample::live_count).sum()
+    }
+
+    pub fn total_losses(&self) -> u64 {
+        self.losses.values().sum()
+    }
+
+    pub fn loss(&self, reason: Loss) -> u64 {
+        self.losses.get(reason.name()).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(id: u64, alloc: u64, freed: u64) -> SiteSample {
+        SiteSample {
+            id,
+            pid: 1,
+            frames: Arc::new(vec![id]),
+            stats: SiteStats { alloc_bytes: alloc, alloc_count: 2, free_bytes: freed, free_count: 1 },
+        }
+    }
+
+    #[test]
+    fn top_live_orders_by_live_bytes_and_skips_freed_sites() {
+        let snapshot = Snapshot {
+            sites: vec![site(1, 100, 100), site(2, 500, 100), site(3, 900, 0)],
+            losses: BTreeMap::new(),
+        };
+        let top: Vec<_> = snapshot.top_live(10).iter().map(|s| s.id).collect();
+        assert_eq!(top, [3, 2]);
+        assert_eq!(snapshot.live_bytes(), 1300);
+        assert_eq!(snapshot.live_count(), 3);
+    }
+}

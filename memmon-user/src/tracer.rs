@@ -1,0 +1,215 @@
+//! Loading memmon's kernel programs, attaching them to target processes, and reading their maps.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    num::NonZeroU32,
+    sync::Arc,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap},
+    programs::{UProbe, uprobe::UProbeScope},
+};
+use memmon_common::{
+    DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, Loss, SiteStats, StackTrace,
+};
+
+use crate::{
+    allocator::{Allocator, FAMILY},
+    process::Process,
+    snapshot::{SiteSample, Snapshot},
+};
+
+/// The compiled kernel programs, built by build.rs.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memmon"));
+
+/// Table capacities; the defaults hold a million live blocks.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    pub max_live_allocations: u32,
+    pub max_sites: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self { max_live_allocations: DEFAULT_MAX_LIVE_ALLOCATIONS, max_sites: DEFAULT_MAX_SITES }
+    }
+}
+
+/// A process memmon is attached to.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub process: Process,
+    pub allocator: Allocator,
+    /// Names of the probed functions.
+    pub probed: Vec<&'static str>,
+}
+
+/// Attached probes and their maps. Dropping it detaches everything.
+pub struct Tracer {
+    ebpf: Ebpf,
+    targets: Vec<Target>,
+    /// Stacks never change meaning once interned, so each is read from the kernel once.
+    stacks: HashMap<u64, (u32, Arc<Vec<u64>>)>,
+    capacity: Capacity,
+}
+
+impl Tracer {
+    /// Validates every pid, finds each allocator, loads the programs and attaches them.
+    /// Nothing stays attached if any step fails.
+    pub fn attach(pids: &[u32], capacity: Capacity) -> Result<Self> {
+        if pids.is_empty() {
+            bail!("no target: pass --pid PID");
+        }
+        let mut found = Vec::new();
+        for &pid in pids {
+            let process = Process::open(pid)?;
+            let allocator = Allocator::find(&process)?;
+            found.push((process, allocator));
+        }
+        require_privileges()?;
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("LIVE", capacity.max_live_allocations)
+            .map_max_entries("SITES", capacity.max_sites)
+            .map_max_entries("STACKS", capacity.max_sites)
+            .load(PROGRAMS)
+            .map_err(|err| privilege_hint(anyhow!(err).context("loading memmon's eBPF programs")))?;
+        let mut names: Vec<&str> = FAMILY.iter().map(|f| f.entry_program).collect();
+        names.push("alloc_exit");
+        names.dedup();
+        for name in names {
+            let program: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("eBPF program {name} missing from the object"))?
+                .try_into()?;
+            if program.fd().is_err() {
+                program.load().with_context(|| format!("verifier rejected {name}"))?;
+            }
+        }
+        let mut targets = Vec::new();
+        for (process, allocator) in found {
+            let probed = attach_allocator(&mut ebpf, &process, &allocator)?;
+            targets.push(Target { process, allocator, probed });
+        }
+        let mut armed: Array<_, u32> = Array::try_from(ebpf.map_mut("ARMED").context("ARMED map")?)?;
+        armed.set(0, 1, 0)?;
+        Ok(Self { ebpf, targets, stacks: HashMap::new(), capacity })
+    }
+
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    /// Reads every site's counters and the loss counters.
+    pub fn snapshot(&mut self) -> Result<Snapshot> {
+        let sites: BpfHashMap<_, u64, SiteStats> =
+            BpfHashMap::try_from(self.ebpf.map("SITES").context("SITES map")?)?;
+        let stacks: BpfHashMap<_, u64, StackTrace> =
+            BpfHashMap::try_from(self.ebpf.map("STACKS").context("STACKS map")?)?;
+        let mut samples = Vec::new();
+        for entry in sites.iter() {
+            let (id, stats) = entry?;
+            let (pid, frames) = match self.stacks.get(&id) {
+                Some(known) => known.clone(),
+                None => {
+                    // A site whose stack could not be stored is the process' "unknown stack".
+                    let Ok(stack) = stacks.get(&id, 0) else { continue };
+                    let depth = (stack.depth as usize).min(stack.ips.len());
+                    let known = (stack.tgid, Arc::new(stack.ips[..depth].to_vec()));
+                    self.stacks.insert(id, known.clone());
+                    known
+                }
+            };
+            samples.push(SiteSample { id, pid, frames, stats });
+        }
+        Ok(Snapshot { sites: samples, losses: read_losses(&self.ebpf)? })
+    }
+}
+
+fn attach_allocator(ebpf: &mut Ebpf, process: &Process, allocator: &Allocator) -> Result<Vec<&'static str>> {
+    let path = process.root_path(&allocator.object);
+    let scope = UProbeScope::OneProcess(NonZeroU32::new(process.pid).expect("pid 0 rejected"));
+    let context = |what: &str, symbol: &str| {
+        format!("attaching {what} to {symbol} in {} (pid {})", allocator.object, process.pid)
+    };
+    // Returns first, then entries, then free: see the ARMED map for why the order is harmless.
+    for site in allocator.sites.iter().filter(|s| s.function.returns_allocation) {
+        let exit: &mut UProbe = ebpf.program_mut("alloc_exit").expect("loaded").try_into()?;
+        exit.attach(site.file_offset, &path, scope)
+            .map_err(|err| gone_hint(process, anyhow!(err)))
+            .with_context(|| context("the return probe", site.function.symbol))?;
+    }
+    for site in &allocator.sites {
+        let entry: &mut UProbe =
+            ebpf.program_mut(site.function.entry_program).expect("loaded").try_into()?;
+        entry
+            .attach(site.file_offset, &path, scope)
+            .map_err(|err| gone_hint(process, anyhow!(err)))
+            .with_context(|| context("the entry probe", site.function.symbol))?;
+    }
+    Ok(allocator.sites.iter().map(|s| s.function.symbol).collect())
+}
+
+fn read_losses(ebpf: &Ebpf) -> Result<BTreeMap<&'static str, u64>> {
+    let losses: Array<_, u64> = Array::try_from(ebpf.map("LOSSES").context("LOSSES map")?)?;
+    let mut counts = BTreeMap::new();
+    for reason in Loss::ALL {
+        counts.insert(reason.name(), losses.get(&(reason as u32), 0)?);
+    }
+    Ok(counts)
+}
+
+fn gone_hint(process: &Process, err: anyhow::Error) -> anyhow::Error {
+    if process.is_alive() {
+        err
+    } else {
+        anyhow!("pid {} exited while memmon was attaching", process.pid)
+    }
+}
+
+/// CAP_BPF (39) and CAP_PERFMON (38) suffice on current kernels; CAP_SYS_ADMIN (21) implies both.
+fn require_privileges() -> Result<()> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        bail!(
+            "memmon needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs; \
+             run it with sudo"
+        )
+    }
+}
+
+fn privilege_hint(err: anyhow::Error) -> anyhow::Error {
+    if format!("{err:#}").contains("Operation not permitted") {
+        err.context("the kernel refused; memmon needs root (or CAP_BPF and CAP_PERFMON)")
+    } else {
+        err
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid pointer.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    if ret != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
