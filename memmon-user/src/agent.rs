@@ -41,6 +41,9 @@ pub async fn run(options: AgentOptions) -> Result<()> {
         );
     }
     let mut symbolizer = Symbolizer::new();
+    for target in tracer.targets() {
+        symbolizer.observe(target.process.pid);
+    }
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let far_future = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
@@ -57,6 +60,9 @@ pub async fn run(options: AgentOptions) -> Result<()> {
             _ = sleep_until(deadline) => break "duration reached",
             _ = reports.tick(), if options.report_interval.is_some() => {
                 let snapshot = tracer.snapshot()?;
+                for target in tracer.targets() {
+                    symbolizer.observe(target.process.pid);
+                }
                 print!("{}", render(&tracer, &snapshot, &mut symbolizer, options.top));
             }
             _ = liveness.tick() => {
@@ -69,7 +75,7 @@ pub async fn run(options: AgentOptions) -> Result<()> {
     let snapshot = tracer.snapshot()?;
     println!("memmon: stopping ({reason}); final report:");
     print!("{}", render(&tracer, &snapshot, &mut symbolizer, options.top));
-    if let Some(top) = views(&tracer, &snapshot, &mut symbolizer, 1).first() {
+    if let Some(top) = views(&snapshot, &mut symbolizer, 1).first() {
         println!(
             "memmon: largest live site: {} ({}) holds {} ({} bytes) in {} blocks",
             top.function(),
@@ -85,8 +91,7 @@ pub async fn run(options: AgentOptions) -> Result<()> {
 }
 
 /// Symbolized views of the `top` sites with the most live bytes.
-pub fn views(tracer: &Tracer, snapshot: &Snapshot, symbolizer: &mut Symbolizer, top: usize) -> Vec<SiteView> {
-    let _ = tracer;
+pub fn views(snapshot: &Snapshot, symbolizer: &mut Symbolizer, top: usize) -> Vec<SiteView> {
     snapshot
         .top_live(top)
         .into_iter()
@@ -110,7 +115,7 @@ fn render(tracer: &Tracer, snapshot: &Snapshot, symbolizer: &mut Symbolizer, top
     let title = format!("memmon {} pid {}", time_of_day(), pids.join(", "));
     let losses: Vec<(&str, u64)> =
         snapshot.losses.iter().filter(|&(_, &n)| n > 0).map(|(&r, &n)| (r, n)).collect();
-    let sites = views(tracer, snapshot, symbolizer, top);
+    let sites = views(snapshot, symbolizer, top);
     report::render(&title, &sites, snapshot.live_bytes(), snapshot.live_count(), &losses)
 }
 

@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// The compiled kernel programs, built by build.rs.
-static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memmon"));
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memmon-ebpf"));
 
 /// Table capacities; the defaults hold a million live blocks.
 #[derive(Clone, Copy, Debug)]
