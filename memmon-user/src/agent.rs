@@ -30,6 +30,12 @@ pub struct AgentOptions {
 /// Runs until SIGINT/SIGTERM, the duration, or every target exiting; then prints a final report.
 pub async fn run(options: AgentOptions) -> Result<()> {
     let mut tracer = Tracer::attach(&options.pids, options.capacity)?;
+    // Read the memory maps before announcing the attach, so a target that exits at once can
+    // still be symbolized.
+    let mut symbolizer = Symbolizer::new();
+    for target in tracer.targets() {
+        symbolizer.observe(target.process.pid);
+    }
     for target in tracer.targets() {
         eprintln!(
             "memmon: attached to pid {} ({}): {} allocator in {}, probing {}",
@@ -39,10 +45,6 @@ pub async fn run(options: AgentOptions) -> Result<()> {
             target.allocator.object,
             target.probed.join(", ")
         );
-    }
-    let mut symbolizer = Symbolizer::new();
-    for target in tracer.targets() {
-        symbolizer.observe(target.process.pid);
     }
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;

@@ -80,6 +80,7 @@ impl Symbolizer {
     pub fn observe(&mut self, pid: u32) {
         if let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) {
             let mappings = parse_maps(pid, &maps);
+            log::debug!("pid {pid}: {} executable mappings", mappings.len());
             if !mappings.is_empty() {
                 self.maps.insert(pid, mappings);
             }

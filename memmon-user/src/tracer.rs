@@ -63,13 +63,13 @@ impl Tracer {
         if pids.is_empty() {
             bail!("no target: pass --pid PID");
         }
+        let processes = pids.iter().map(|&pid| Process::open(pid)).collect::<Result<Vec<_>>>()?;
+        require_privileges()?;
         let mut found = Vec::new();
-        for &pid in pids {
-            let process = Process::open(pid)?;
-            let allocator = Allocator::find(&process)?;
+        for process in processes {
+            let allocator = Allocator::find(&process).map_err(|err| gone_hint(&process, err))?;
             found.push((process, allocator));
         }
-        require_privileges()?;
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("LIVE", capacity.max_live_allocations)

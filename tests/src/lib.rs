@@ -1,1 +1,153 @@
+//! Harness for memmon's integration tests: builds C targets from `targets/`, runs them through
+//! phases driven over stdin, and sums what memmon observed per allocating function.
 
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::Mutex,
+};
+
+use memmon::{snapshot::Snapshot, symbolize::Symbolizer};
+
+/// Kernel tests load eBPF programs: without root they cannot run, and must not pass silently.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "memmon's integration tests load eBPF programs: run them as root (sudo cargo xtask test)");
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The `memmon` binary, rebuilt if stale: `cargo test` does not build other packages' binaries,
+/// and a test of an old binary proves nothing.
+pub fn memmon_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--release", "--quiet", "--package", "memmon-user", "--bin", "memmon"])
+                .current_dir(workspace_root())
+                .status()
+                .expect("cannot run cargo to build memmon");
+            assert!(status.success(), "building the memmon binary failed");
+            workspace_root().join("target/release/memmon")
+        })
+        .clone()
+}
+
+/// Compiles `targets/<name>.c` (or `.cpp`) once per test process, with frame pointers and
+/// debug info, and returns the executable.
+pub fn build_target(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap();
+    let out_dir = workspace_root().join("target/test-targets");
+    let binary = out_dir.join(name);
+    if built.iter().any(|b| b == name) {
+        return binary;
+    }
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets");
+    let (compiler, source) = if dir.join(format!("{name}.cpp")).exists() {
+        ("g++", dir.join(format!("{name}.cpp")))
+    } else {
+        ("gcc", dir.join(format!("{name}.c")))
+    };
+    let status = Command::new(compiler)
+        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .expect("cannot run the C compiler");
+    assert!(status.success(), "compiling {} failed", source.display());
+    built.push(name.to_string());
+    binary
+}
+
+/// A running target program that takes commands on stdin and answers "done <command>".
+pub struct Target {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Target {
+    /// Starts `targets/<name>` and waits until it says "ready".
+    pub fn start(name: &str) -> Self {
+        let mut child = Command::new(build_target(name))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cannot start target");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut target = Self { child, stdin, stdout };
+        target.expect_line("ready");
+        target
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs one phase and waits for it to finish.
+    pub fn run(&mut self, command: &str) {
+        self.send(command);
+        self.expect_line(&format!("done {command}"));
+    }
+
+    pub fn send(&mut self, command: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn expect_line(&mut self, expected: &str) {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim_end(), expected, "target said something else");
+    }
+
+    /// Waits for the target to exit by itself.
+    pub fn wait(&mut self) {
+        self.stdin.take();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What memmon saw for one allocating function (summed over its sites).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub live_bytes: u64,
+    pub live_count: u64,
+    pub alloc_bytes: u64,
+    pub alloc_count: u64,
+    pub sites: u64,
+}
+
+/// Sums a snapshot per allocating function (the innermost symbolized frame).
+pub fn by_function(snapshot: &Snapshot, symbolizer: &mut Symbolizer) -> HashMap<String, Observed> {
+    let mut functions: HashMap<String, Observed> = HashMap::new();
+    for site in &snapshot.sites {
+        let frames = symbolizer.frames(site.pid, &site.frames);
+        let function = frames.first().map_or("[unknown stack]".to_string(), |f| f.function.clone());
+        let entry = functions.entry(function).or_default();
+        entry.live_bytes += site.live_bytes();
+        entry.live_count += site.live_count();
+        entry.alloc_bytes += site.stats.alloc_bytes;
+        entry.alloc_count += site.stats.alloc_count;
+        entry.sites += 1;
+    }
+    functions
+}

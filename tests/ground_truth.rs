@@ -1,0 +1,68 @@
+//! memmon against programs whose allocations are known exactly: every byte must match.
+
+use memmon::{symbolize::Symbolizer, tracer::{Capacity, Tracer}};
+use memmon_tests::{Observed, Target, by_function, require_root};
+
+fn observed(function: &str, functions: &std::collections::HashMap<String, Observed>) -> Observed {
+    functions.get(function).copied().unwrap_or_else(|| {
+        panic!("memmon saw no allocation from {function}; it saw {:?}", functions.keys().collect::<Vec<_>>())
+    })
+}
+
+#[test]
+fn leak_is_exact_and_churn_is_zero() {
+    require_root();
+    let mut target = Target::start("ground_truth");
+    let mut tracer = Tracer::attach(&[target.pid()], Capacity::default()).unwrap();
+    target.run("leak");
+    target.run("churn");
+    target.run("freenull");
+    let snapshot = tracer.snapshot().unwrap();
+    let functions = by_function(&snapshot, &mut Symbolizer::new());
+
+    let leak = observed("leak_exactly", &functions);
+    assert_eq!((leak.live_bytes, leak.live_count), (104_950, 100), "{leak:?}");
+    assert_eq!((leak.alloc_bytes, leak.alloc_count), (104_950, 100), "{leak:?}");
+    assert_eq!(leak.sites, 1, "one call site, one stack");
+
+    let churn = observed("churn_everything", &functions);
+    assert_eq!((churn.live_bytes, churn.live_count), (0, 0), "{churn:?}");
+    assert_eq!((churn.alloc_bytes, churn.alloc_count), (352_000, 5_000), "{churn:?}");
+
+    assert_eq!(snapshot.live_bytes(), 104_950, "nothing else is live: {functions:?}");
+    assert_eq!(snapshot.total_losses(), 0, "{:?}", snapshot.losses);
+}
+
+#[test]
+fn calloc_and_realloc_chains_are_exact() {
+    require_root();
+    let mut target = Target::start("ground_truth");
+    let mut tracer = Tracer::attach(&[target.pid()], Capacity::default()).unwrap();
+    target.run("calloc");
+    target.run("realloc");
+    let snapshot = tracer.snapshot().unwrap();
+    let functions = by_function(&snapshot, &mut Symbolizer::new());
+
+    let calloc = observed("leak_calloc", &functions);
+    assert_eq!((calloc.live_bytes, calloc.live_count), (10_000, 10), "{calloc:?}");
+
+    let realloc = observed("leak_realloc", &functions);
+    assert_eq!((realloc.live_bytes, realloc.live_count), (5_000, 1), "{realloc:?}");
+    assert_eq!((realloc.alloc_bytes, realloc.alloc_count), (5_110, 3), "{realloc:?}");
+    assert_eq!(realloc.sites, 3, "malloc, first realloc and second realloc are three sites");
+    assert_eq!(snapshot.total_losses(), 0, "{:?}", snapshot.losses);
+}
+
+#[test]
+fn allocations_before_attach_are_not_counted_and_their_frees_are_harmless() {
+    require_root();
+    let mut target = Target::start("ground_truth");
+    target.run("leak");
+    let mut tracer = Tracer::attach(&[target.pid()], Capacity::default()).unwrap();
+    target.run("churn");
+    let snapshot = tracer.snapshot().unwrap();
+    let functions = by_function(&snapshot, &mut Symbolizer::new());
+    assert!(!functions.contains_key("leak_exactly"), "allocated before attach: {functions:?}");
+    assert_eq!(snapshot.live_bytes(), 0);
+    assert_eq!(snapshot.total_losses(), 0, "{:?}", snapshot.losses);
+}
