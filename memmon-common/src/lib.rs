@@ -42,7 +42,9 @@ pub struct PendingCall {
     /// User stack pointer at entry; tells the matching return from nested allocator calls.
     pub entry_sp: u64,
     pub kind: u32,
-    pub _pad: u32,
+    /// Allocator functions this call reached by a tail jump (same stack pointer): each one's
+    /// return fires at this call's return too, and only the last of those may record it.
+    pub tail_calls: u32,
     /// realloc: the old block, taken out of the live table at entry (timestamp 0 = untracked).
     pub old_size: u64,
     pub old_site: u64,

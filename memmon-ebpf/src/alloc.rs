@@ -64,8 +64,14 @@ fn inside_tracked_call(thread: u64, sp: u64) -> bool {
 pub fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, ptr_arg: u64) {
     let thread = bpf_get_current_pid_tgid();
     let sp = user_sp(ctx.regs);
-    if PENDING.get_ptr(thread).is_some() {
-        if inside_tracked_call(thread, sp) {
+    if let Some(outer) = PENDING.get_ptr_mut(thread) {
+        let outer = unsafe { &mut *outer };
+        if outer.entry_sp > sp {
+            return; // called by the allocator function in flight: its business
+        }
+        if outer.entry_sp == sp {
+            // Tail-jumped into from the call in flight (memalign → malloc): the same call.
+            outer.tail_calls += 1;
             return;
         }
         lose(Loss::EntryWithoutReturn);
@@ -85,7 +91,7 @@ pub fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, ptr_arg: u64) {
         ptr_arg,
         entry_sp: sp,
         kind: kind as u32,
-        _pad: 0,
+        tail_calls: 0,
         old_size,
         old_site,
         old_timestamp_ns,
@@ -102,17 +108,22 @@ pub fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, ptr_arg: u64) {
 pub fn exit(ctx: &RetProbeContext) {
     let thread = bpf_get_current_pid_tgid();
     let sp = user_sp(ctx.regs);
-    let Some(call) = PENDING.get_ptr(thread) else {
+    let Some(call) = PENDING.get_ptr_mut(thread) else {
         if ARMED.get(0).is_some_and(|armed| *armed != 0) {
             lose(Loss::ReturnWithoutEntry);
         }
         return;
     };
-    let call = unsafe { *call };
-    let expected_sp = call.entry_sp + RETURN_ADDRESS_BYTES;
+    let expected_sp = unsafe { (*call).entry_sp } + RETURN_ADDRESS_BYTES;
     if sp < expected_sp {
         return; // the return of a nested allocator call
     }
+    if sp == expected_sp && unsafe { (*call).tail_calls } > 0 {
+        // One of the chained returns of a tail call; the last one records the result.
+        unsafe { (*call).tail_calls -= 1 };
+        return;
+    }
+    let call = unsafe { *call };
     let _ = PENDING.remove(thread);
     let tgid = (thread >> 32) as u32;
     if sp > expected_sp {
