@@ -38,12 +38,12 @@ pub async fn run(options: AgentOptions) -> Result<()> {
     }
     for target in tracer.targets() {
         eprintln!(
-            "memmon: attached to pid {} ({}): {} allocator in {}, probing {}",
+            "memmon: attached to pid {} ({}): {} allocator in {}; probing {}",
             target.process.pid,
             target.process.comm,
             target.allocator.name,
-            target.allocator.object,
-            target.probed.join(", ")
+            target.allocator.object(),
+            target.allocator.describe()
         );
     }
     let mut interrupt = signal(SignalKind::interrupt())?;

@@ -18,7 +18,7 @@ pub struct Function {
     pub symbol: &'static str,
     /// Name of the entry program in memmon-ebpf.
     pub entry_program: &'static str,
-    /// Whether the return must be seen too (every allocating function; not free).
+    /// Whether the return must be seen too (every allocating function; not the frees).
     pub returns_allocation: bool,
 }
 
@@ -26,8 +26,12 @@ const fn allocating(symbol: &'static str, entry_program: &'static str) -> Functi
     Function { symbol, entry_program, returns_allocation: true }
 }
 
-/// The C allocator family. `free` must come last: it is attached after the allocating functions
-/// so that no block can be freed by a probe that saw no allocation path at all.
+const fn releasing(symbol: &'static str) -> Function {
+    Function { symbol, entry_program: "free_enter", returns_allocation: false }
+}
+
+/// The C allocator family, plus jemalloc's own API (used directly by e.g. Rust's
+/// jemallocator), which jemalloc serves without going through malloc/free.
 pub const FAMILY: &[Function] = &[
     allocating("malloc", "malloc_enter"),
     allocating("calloc", "calloc_enter"),
@@ -38,31 +42,109 @@ pub const FAMILY: &[Function] = &[
     allocating("memalign", "aligned_enter"),
     allocating("valloc", "size_only_enter"),
     allocating("pvalloc", "size_only_enter"),
-    Function { symbol: "free", entry_program: "free_enter", returns_allocation: false },
+    allocating("mallocx", "malloc_enter"),
+    // rallocx(ptr, size, flags) fails like realloc: NULL, and ptr stays valid.
+    allocating("rallocx", "realloc_enter"),
+    releasing("free"),
+    releasing("dallocx"),
+    releasing("sdallocx"),
 ];
 
-/// A function found in the allocator object, with the file offset the uprobe goes to.
+/// C++ `operator new` in all its forms (size is always the first argument). Probed where the
+/// runtime defines them: libstdc++ forwards to malloc, but probing the operator itself puts
+/// its caller, not the operator, at the top of the stack (the C++ runtime has no frame
+/// pointers). Allocators such as jemalloc and tcmalloc define their own, which bypass malloc.
+pub const CXX_NEW: &[Function] = &[
+    allocating("_Znwm", "malloc_enter"),
+    allocating("_Znam", "malloc_enter"),
+    allocating("_ZnwmRKSt9nothrow_t", "malloc_enter"),
+    allocating("_ZnamRKSt9nothrow_t", "malloc_enter"),
+    allocating("_ZnwmSt11align_val_t", "malloc_enter"),
+    allocating("_ZnamSt11align_val_t", "malloc_enter"),
+    allocating("_ZnwmSt11align_val_tRKSt9nothrow_t", "malloc_enter"),
+    allocating("_ZnamSt11align_val_tRKSt9nothrow_t", "malloc_enter"),
+];
+
+/// C++ `operator delete` in all its forms. Probed only in an allocator that defines them
+/// (jemalloc's sized delete frees without calling free); libstdc++'s call free.
+pub const CXX_DELETE: &[Function] = &[
+    releasing("_ZdlPv"),
+    releasing("_ZdaPv"),
+    releasing("_ZdlPvm"),
+    releasing("_ZdaPvm"),
+    releasing("_ZdlPvRKSt9nothrow_t"),
+    releasing("_ZdaPvRKSt9nothrow_t"),
+    releasing("_ZdlPvSt11align_val_t"),
+    releasing("_ZdaPvSt11align_val_t"),
+    releasing("_ZdlPvmSt11align_val_t"),
+    releasing("_ZdaPvmSt11align_val_t"),
+];
+
+/// Every program an attach may use (each is loaded once).
+pub fn entry_programs() -> impl Iterator<Item = &'static str> {
+    FAMILY.iter().chain(CXX_NEW).chain(CXX_DELETE).map(|f| f.entry_program)
+}
+
+/// A function found in an object, with the file offset the uprobe goes to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeSite {
     pub function: Function,
     pub file_offset: u64,
 }
 
-/// The object that serves a process' allocations.
+/// One object memmon probes, and where.
+#[derive(Clone, Debug)]
+pub struct ProbedObject {
+    /// Path of the object as the target sees it.
+    pub path: String,
+    pub sites: Vec<ProbeSite>,
+}
+
+impl ProbedObject {
+    /// "libc.so.6: malloc, calloc, …" with C++ operators shown as counts.
+    pub fn describe(&self) -> String {
+        let name = self.path.rsplit('/').next().unwrap_or(&self.path);
+        let mut names: Vec<&str> = self
+            .sites
+            .iter()
+            .map(|s| s.function.symbol)
+            .filter(|s| !s.starts_with("_Z"))
+            .collect();
+        let news = self.sites.iter().filter(|s| s.function.symbol.starts_with("_Zn")).count();
+        let deletes = self.sites.iter().filter(|s| s.function.symbol.starts_with("_Zd")).count();
+        let news = format!("operator new ({news} forms)");
+        let deletes = format!("operator delete ({deletes} forms)");
+        if self.sites.iter().any(|s| s.function.symbol.starts_with("_Zn")) {
+            names.push(&news);
+        }
+        if self.sites.iter().any(|s| s.function.symbol.starts_with("_Zd")) {
+            names.push(&deletes);
+        }
+        format!("{name}: {}", names.join(", "))
+    }
+}
+
+/// The objects that serve a process' allocations.
 #[derive(Clone, Debug)]
 pub struct Allocator {
-    /// "glibc", "jemalloc", "tcmalloc", "mimalloc", or "static" (the executable's own).
+    /// "glibc", "jemalloc", "tcmalloc", "mimalloc", "static" (the executable's own) or "other".
     pub name: &'static str,
-    /// Path of the object as the target sees it.
-    pub object: String,
-    pub sites: Vec<ProbeSite>,
+    /// The allocator's object first, then C++ runtimes whose operator new is probed.
+    pub objects: Vec<ProbedObject>,
 }
 
 impl Allocator {
     /// Finds the allocator of `process` from its memory map and the mapped objects' symbols.
     pub fn find(process: &Process) -> Result<Self> {
-        let maps = fs::read_to_string(process.path("maps"))
-            .with_context(|| format!("cannot read /proc/{}/maps", process.pid))?;
+        let maps = fs::read_to_string(process.path("maps")).map_err(|err| {
+            let hint = if err.kind() == std::io::ErrorKind::PermissionDenied {
+                " (reading another user's process needs root or CAP_SYS_PTRACE, and no \
+                 stricter ptrace policy such as Yama or a sandbox)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("cannot read /proc/{}/maps: {err}{hint}", process.pid)
+        })?;
         let exe = fs::read_link(process.path("exe"))
             .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").to_string())
             .ok();
@@ -70,26 +152,55 @@ impl Allocator {
         if objects.is_empty() {
             bail!("pid {} has no mapped executable files; is it still starting?", process.pid);
         }
+        let all: Vec<Function> = FAMILY.iter().chain(CXX_NEW).chain(CXX_DELETE).copied().collect();
         let mut searched = Vec::new();
+        let mut allocator = None;
         for object in search_order(&objects, exe.as_deref()) {
-            let path = process.root_path(object);
-            let sites = match probe_sites(&path) {
-                Ok(sites) => sites,
-                Err(_) => continue,
-            };
+            let Ok(sites) = probe_sites(&process.root_path(object), &all) else { continue };
             searched.push(object.to_string());
             let has = |symbol| sites.iter().any(|s: &ProbeSite| s.function.symbol == symbol);
             if has("malloc") && has("free") {
-                return Ok(Self { name: classify(object, exe.as_deref()), object: object.to_string(), sites });
+                let name = classify(object, exe.as_deref());
+                allocator = Some(Self { name, objects: vec![ProbedObject { path: object.to_string(), sites }] });
+                break;
             }
         }
-        bail!(
-            "no allocator found in pid {}: none of its objects defines both malloc and free \
-             (searched {})",
-            process.pid,
-            searched.join(", ")
-        )
+        let Some(mut allocator) = allocator else {
+            bail!(
+                "no allocator found in pid {}: none of its objects defines both malloc and free \
+                 (searched {})",
+                process.pid,
+                searched.join(", ")
+            )
+        };
+        let defines_new = allocator.objects[0].sites.iter().any(|s| s.function.symbol.starts_with("_Zn"));
+        if !defines_new {
+            for object in objects.iter().filter(|o| is_cxx_runtime(o, exe.as_deref())) {
+                if *object == allocator.objects[0].path {
+                    continue;
+                }
+                if let Ok(sites) = probe_sites(&process.root_path(object), CXX_NEW)
+                    && !sites.is_empty()
+                {
+                    allocator.objects.push(ProbedObject { path: object.to_string(), sites });
+                }
+            }
+        }
+        Ok(allocator)
     }
+
+    pub fn object(&self) -> &str {
+        &self.objects[0].path
+    }
+
+    pub fn describe(&self) -> String {
+        self.objects.iter().map(ProbedObject::describe).collect::<Vec<_>>().join("; ")
+    }
+}
+
+fn is_cxx_runtime(object: &str, exe: Option<&str>) -> bool {
+    let name = object.rsplit('/').next().unwrap_or(object);
+    name.starts_with("libstdc++") || name.starts_with("libc++.") || Some(object) == exe
 }
 
 /// Distinct file-backed objects with executable mappings, in map order.
@@ -145,22 +256,24 @@ fn classify(object: &str, exe: Option<&str>) -> &'static str {
     "other"
 }
 
-/// The allocator family's entry points defined in the ELF file at `path`, as file offsets.
-pub fn probe_sites(path: &Path) -> Result<Vec<ProbeSite>> {
+/// The `functions` defined in the ELF file at `path`, as file offsets.
+pub fn probe_sites(path: &Path, functions: &[Function]) -> Result<Vec<ProbeSite>> {
     let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file = object::File::parse(&*data)
         .with_context(|| format!("{} is not an object file memmon can read", path.display()))?;
-    let mut sites = Vec::new();
-    for function in FAMILY {
-        let symbol = file
-            .dynamic_symbols()
-            .chain(file.symbols())
-            .find(|s| s.is_definition() && s.name() == Ok(function.symbol));
-        let Some(symbol) = symbol else { continue };
-        let Some(file_offset) = file_offset(&file, symbol.address()) else { continue };
-        // Aliases (glibc's aligned_alloc and memalign may be one function) get one probe:
-        // two probes on one instruction would see every call twice.
-        if sites.iter().any(|s: &ProbeSite| s.file_offset == file_offset) {
+    let mut defined: std::collections::HashMap<&[u8], u64> = std::collections::HashMap::new();
+    for symbol in file.dynamic_symbols().chain(file.symbols()) {
+        if symbol.is_definition() && let Ok(name) = symbol.name_bytes() {
+            defined.entry(name).or_insert(symbol.address());
+        }
+    }
+    let mut sites: Vec<ProbeSite> = Vec::new();
+    for function in functions {
+        let Some(&address) = defined.get(function.symbol.as_bytes()) else { continue };
+        let Some(file_offset) = file_offset(&file, address) else { continue };
+        // Aliases (glibc's aligned_alloc and memalign; tcmalloc's free and operator delete)
+        // get one probe: two probes on one instruction would see every call twice.
+        if sites.iter().any(|s| s.file_offset == file_offset) {
             continue;
         }
         sites.push(ProbeSite { function: *function, file_offset });
@@ -213,7 +326,7 @@ mod tests {
     #[test]
     fn glibc_exports_the_family() {
         let libc = Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6");
-        let sites = probe_sites(libc).unwrap();
+        let sites = probe_sites(libc, FAMILY).unwrap();
         for symbol in ["malloc", "calloc", "realloc", "free"] {
             assert!(sites.iter().any(|s| s.function.symbol == symbol), "{symbol} missing");
         }

@@ -17,7 +17,7 @@ use memmon_common::{
 };
 
 use crate::{
-    allocator::{Allocator, FAMILY},
+    allocator::{self, Allocator},
     process::Process,
     snapshot::{SiteSample, Snapshot},
 };
@@ -43,8 +43,6 @@ impl Default for Capacity {
 pub struct Target {
     pub process: Process,
     pub allocator: Allocator,
-    /// Names of the probed functions.
-    pub probed: Vec<&'static str>,
 }
 
 /// Attached probes and their maps. Dropping it detaches everything.
@@ -77,8 +75,9 @@ impl Tracer {
             .map_max_entries("STACKS", capacity.max_sites)
             .load(PROGRAMS)
             .map_err(|err| privilege_hint(anyhow!(err).context("loading memmon's eBPF programs")))?;
-        let mut names: Vec<&str> = FAMILY.iter().map(|f| f.entry_program).collect();
+        let mut names: Vec<&str> = allocator::entry_programs().collect();
         names.push("alloc_exit");
+        names.sort_unstable();
         names.dedup();
         for name in names {
             let program: &mut UProbe = ebpf
@@ -91,8 +90,8 @@ impl Tracer {
         }
         let mut targets = Vec::new();
         for (process, allocator) in found {
-            let probed = attach_allocator(&mut ebpf, &process, &allocator)?;
-            targets.push(Target { process, allocator, probed });
+            attach_allocator(&mut ebpf, &process, &allocator)?;
+            targets.push(Target { process, allocator });
         }
         let mut armed: Array<_, u32> = Array::try_from(ebpf.map_mut("ARMED").context("ARMED map")?)?;
         armed.set(0, 1, 0)?;
@@ -133,28 +132,29 @@ impl Tracer {
     }
 }
 
-fn attach_allocator(ebpf: &mut Ebpf, process: &Process, allocator: &Allocator) -> Result<Vec<&'static str>> {
-    let path = process.root_path(&allocator.object);
+fn attach_allocator(ebpf: &mut Ebpf, process: &Process, allocator: &Allocator) -> Result<()> {
     let scope = UProbeScope::OneProcess(NonZeroU32::new(process.pid).expect("pid 0 rejected"));
-    let context = |what: &str, symbol: &str| {
-        format!("attaching {what} to {symbol} in {} (pid {})", allocator.object, process.pid)
-    };
-    // Returns first, then entries, then free: see the ARMED map for why the order is harmless.
-    for site in allocator.sites.iter().filter(|s| s.function.returns_allocation) {
-        let exit: &mut UProbe = ebpf.program_mut("alloc_exit").expect("loaded").try_into()?;
-        exit.attach(site.file_offset, &path, scope)
-            .map_err(|err| gone_hint(process, anyhow!(err)))
-            .with_context(|| context("the return probe", site.function.symbol))?;
+    // Returns first, then entries; see the ARMED map for why the order is harmless.
+    for returns in [true, false] {
+        for object in &allocator.objects {
+            let path = process.root_path(&object.path);
+            for site in &object.sites {
+                let program = match (returns, site.function.returns_allocation) {
+                    (true, true) => "alloc_exit",
+                    (true, false) => continue,
+                    (false, _) => site.function.entry_program,
+                };
+                let probe: &mut UProbe = ebpf.program_mut(program).expect("loaded").try_into()?;
+                probe
+                    .attach(site.file_offset, &path, scope)
+                    .map_err(|err| gone_hint(process, anyhow!(err)))
+                    .with_context(|| {
+                        format!("attaching {program} to {} in {} (pid {})", site.function.symbol, object.path, process.pid)
+                    })?;
+            }
+        }
     }
-    for site in &allocator.sites {
-        let entry: &mut UProbe =
-            ebpf.program_mut(site.function.entry_program).expect("loaded").try_into()?;
-        entry
-            .attach(site.file_offset, &path, scope)
-            .map_err(|err| gone_hint(process, anyhow!(err)))
-            .with_context(|| context("the entry probe", site.function.symbol))?;
-    }
-    Ok(allocator.sites.iter().map(|s| s.function.symbol).collect())
+    Ok(())
 }
 
 fn read_losses(ebpf: &Ebpf) -> Result<BTreeMap<&'static str, u64>> {

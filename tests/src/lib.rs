@@ -40,8 +40,8 @@ pub fn memmon_binary() -> PathBuf {
         .clone()
 }
 
-/// Compiles `targets/<name>.c` (or `.cpp`) once per test process, with frame pointers and
-/// debug info, and returns the executable.
+/// Compiles `targets/<name>.c` (or `.cpp`, or `.rs`) once per test process, with frame
+/// pointers and debug info, and returns the executable. `<name>-static` links statically.
 pub fn build_target(name: &str) -> PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap();
@@ -51,18 +51,34 @@ pub fn build_target(name: &str) -> PathBuf {
         return binary;
     }
     std::fs::create_dir_all(&out_dir).unwrap();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets");
-    let (compiler, source) = if dir.join(format!("{name}.cpp")).exists() {
-        ("g++", dir.join(format!("{name}.cpp")))
-    } else {
-        ("gcc", dir.join(format!("{name}.c")))
+    let (source_name, static_link) = match name.strip_suffix("-static") {
+        Some(base) => (base, true),
+        None => (name, false),
     };
-    let status = Command::new(compiler)
-        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .status()
-        .expect("cannot run the C compiler");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets");
+    let source = ["c", "cpp", "rs"]
+        .iter()
+        .map(|ext| dir.join(format!("{source_name}.{ext}")))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("no target source for {source_name} in {}", dir.display()));
+    let mut command = match source.extension().and_then(|e| e.to_str()) {
+        Some("rs") => {
+            let mut rustc = Command::new("rustc");
+            rustc.args(["--edition", "2021", "-O", "-g", "-C", "force-frame-pointers=yes", "-o"]);
+            rustc
+        }
+        Some(ext) => {
+            let mut cc = Command::new(if ext == "cpp" { "g++" } else { "gcc" });
+            cc.args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"]);
+            cc
+        }
+        None => unreachable!(),
+    };
+    command.arg(&binary).arg(&source);
+    if static_link {
+        command.arg("-static");
+    }
+    let status = command.status().expect("cannot run the compiler");
     assert!(status.success(), "compiling {} failed", source.display());
     built.push(name.to_string());
     binary
@@ -78,7 +94,13 @@ pub struct Target {
 impl Target {
     /// Starts `targets/<name>` and waits until it says "ready".
     pub fn start(name: &str) -> Self {
+        Self::start_with(name, &[])
+    }
+
+    /// Like `start`, with extra environment variables (e.g. LD_PRELOAD of an allocator).
+    pub fn start_with(name: &str, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(build_target(name))
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

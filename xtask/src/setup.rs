@@ -8,7 +8,17 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "gcc", "g++"];
+/// The eBPF build needs LLVM 22; the integration tests need compilers for their targets and the
+/// third-party allocators they run those targets under (LD_PRELOAD).
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "gcc",
+    "g++",
+    "libjemalloc2",
+    "libtcmalloc-minimal4",
+    "libmimalloc2.0",
+];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -1,0 +1,106 @@
+//! Other allocators and languages: each must be found, probed, and exact.
+
+use memmon::{
+    symbolize::Symbolizer,
+    tracer::{Capacity, Tracer},
+};
+use memmon_tests::{Target, by_function, require_root};
+
+const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
+
+/// Runs ground_truth's leak and churn phases in `target`; checks allocator and exact numbers.
+fn leak_and_churn_are_exact(mut target: Target, allocator: &str, object: &str) {
+    require_root();
+    let mut tracer = Tracer::attach(&[target.pid()], Capacity::default()).unwrap();
+    let found = &tracer.targets()[0].allocator;
+    assert_eq!(found.name, allocator, "{found:?}");
+    assert!(found.object().contains(object), "{found:?}");
+    target.run("leak");
+    target.run("churn");
+    let snapshot = tracer.snapshot().unwrap();
+    let functions = by_function(&snapshot, &mut Symbolizer::new());
+    let leak = functions.get("leak_exactly").copied().unwrap_or_default();
+    assert_eq!((leak.live_bytes, leak.live_count, leak.alloc_count), (104_950, 100, 100), "{functions:?}");
+    let churn = functions.get("churn_everything").copied().unwrap_or_default();
+    assert_eq!((churn.live_bytes, churn.alloc_bytes, churn.alloc_count), (0, 352_000, 5_000), "{functions:?}");
+    assert_eq!(snapshot.total_losses(), 0, "{:?}", snapshot.losses);
+}
+
+fn preloaded(library: &str) -> Target {
+    Target::start_with("ground_truth", &[("LD_PRELOAD", &format!("{LIBDIR}/{library}"))])
+}
+
+#[test]
+fn jemalloc() {
+    leak_and_churn_are_exact(preloaded("libjemalloc.so.2"), "jemalloc", "libjemalloc.so.2");
+}
+
+#[test]
+fn tcmalloc() {
+    leak_and_churn_are_exact(preloaded("libtcmalloc_minimal.so.4"), "tcmalloc", "libtcmalloc_minimal.so.4");
+}
+
+#[test]
+fn mimalloc() {
+    leak_and_churn_are_exact(preloaded("libmimalloc.so.2"), "mimalloc", "libmimalloc.so.2");
+}
+
+#[test]
+fn static_binary() {
+    leak_and_churn_are_exact(Target::start("ground_truth-static"), "static", "ground_truth-static");
+}
+
+/// operator new is probed in the C++ runtime, so its caller is the site's function.
+fn cxx_is_exact(mut target: Target) {
+    require_root();
+    let mut tracer = Tracer::attach(&[target.pid()], Capacity::default()).unwrap();
+    target.run("leak");
+    target.run("churn");
+    let snapshot = tracer.snapshot().unwrap();
+    let functions = by_function(&snapshot, &mut Symbolizer::new());
+    let leak = functions.get("cxx_leak_objects()").copied().unwrap_or_default();
+    assert_eq!((leak.live_bytes, leak.live_count), (5_400, 15), "{functions:?}");
+    assert_eq!((leak.alloc_bytes, leak.alloc_count), (5_400, 15), "{functions:?}");
+    assert_eq!(snapshot.live_bytes(), 5_400, "nothing else live: {functions:?}");
+    assert_eq!(snapshot.total_losses(), 0, "{:?}", snapshot.losses);
+}
+
+#[test]
+fn cxx_with_libstdcxx() {
+    cxx_is_exact(Target::start("cxx_new"));
+}
+
+#[test]
+fn cxx_with_jemalloc_operator_new() {
+    cxx_is_exact(Target::start_with("cxx_new", &[("LD_PRELOAD", &format!("{LIBDIR}/libjemalloc.so.2"))]));
+}
+
+#[test]
+fn rust_system_allocator() {
+    require_root();
+    let mut target = Target::start("rust_leak");
+    let mut tracer = Tracer::attach(&[target.pid()], Capacity::default()).unwrap();
+    target.run("leak");
+    target.run("churn");
+    let snapshot = tracer.snapshot().unwrap();
+    let mut symbolizer = Symbolizer::new();
+    // Rust's std has no frame pointers, so the allocating function may sit a frame or two
+    // below the top: attribute by "the stack passes through".
+    let (mut leak, mut churn, mut other) = ((0, 0), (0, 0), 0);
+    for site in &snapshot.sites {
+        let frames = symbolizer.frames(site.pid, &site.frames);
+        let through = |name: &str| frames.iter().any(|f| f.function.contains(name));
+        if through("rust_leak_boxes") {
+            leak = (leak.0 + site.live_bytes(), leak.1 + site.live_count());
+        } else if through("rust_churn") {
+            churn = (churn.0 + site.live_bytes(), churn.1 + site.stats.alloc_count);
+        } else {
+            other += site.live_bytes();
+        }
+    }
+    assert_eq!(leak, (13_240, 21));
+    assert_eq!(churn.0, 0, "churn leaves nothing live");
+    assert!(churn.1 > 0, "churn's allocations were seen");
+    assert_eq!(other, 0);
+    assert_eq!(snapshot.total_losses(), 0, "{:?}", snapshot.losses);
+}
