@@ -89,6 +89,50 @@ pub struct StackTrace {
     pub ips: [u64; MAX_STACK_DEPTH],
 }
 
+/// Capacity of the anonymous-mapping table (one entry per live mapping made since attach).
+pub const MAX_MAPPINGS: u32 = 1 << 16;
+/// Capacity of the target-process table (the syscall tracepoints' filter).
+pub const MAX_TARGETS: u32 = 1024;
+
+/// x86-64 syscall numbers of the calls that change a process' anonymous memory.
+pub mod syscall {
+    pub const MMAP: u64 = 9;
+    pub const MUNMAP: u64 = 11;
+    pub const BRK: u64 = 12;
+    pub const MREMAP: u64 = 25;
+}
+
+/// A memory syscall between its entry and exit, keyed by thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingSyscall {
+    pub id: u64,
+    /// The syscall's first four arguments (mmap: addr, len, prot, flags;
+    /// munmap: addr, len; mremap: old_addr, old_len, new_len, flags; brk: addr).
+    pub args: [u64; 4],
+    /// The word at the user stack pointer: the return address into the caller when the
+    /// syscall is made by a leaf wrapper such as glibc's mmap (which has no frame pointer).
+    pub return_address: u64,
+}
+
+/// Per-process memory seen through the syscall tracepoints, since attach.
+/// Monotonic counters (atomic adds); live = mapped - unmapped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessMemory {
+    /// Anonymous mappings the program made itself (outside any allocator call).
+    pub program_mapped_bytes: u64,
+    pub program_unmapped_bytes: u64,
+    /// Anonymous mappings made while an allocator function ran: the allocator's.
+    pub allocator_mapped_bytes: u64,
+    pub allocator_unmapped_bytes: u64,
+    /// The program break after the last successful brk (0 until one is seen).
+    pub brk: u64,
+}
+
+/// Site id recorded for mappings the allocator made (they have no program stack of their own).
+pub const ALLOCATOR_SITE: u64 = 0;
+
 /// Every way an event can be lost, left unpaired, or mis-attributed. Indexes the loss counters.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,9 +155,13 @@ pub enum Loss {
     PendingTableFull = 7,
     /// An address was handed out again while still live in our table: its free was missed.
     MissedFree = 8,
+    /// An anonymous mapping could not be tracked: the mapping table is full.
+    MappingTableFull = 9,
+    /// The in-flight syscall table is full; a memory syscall was not tracked.
+    PendingSyscallTableFull = 10,
 }
 
-pub const LOSS_REASONS: usize = 9;
+pub const LOSS_REASONS: usize = 11;
 
 impl Loss {
     pub const ALL: [Loss; LOSS_REASONS] = [
@@ -126,6 +174,8 @@ impl Loss {
         Loss::EntryWithoutReturn,
         Loss::PendingTableFull,
         Loss::MissedFree,
+        Loss::MappingTableFull,
+        Loss::PendingSyscallTableFull,
     ];
 
     /// Stable snake_case name, used in output, JSON and metric labels.
@@ -140,6 +190,8 @@ impl Loss {
             Loss::EntryWithoutReturn => "entry_without_return",
             Loss::PendingTableFull => "pending_table_full",
             Loss::MissedFree => "missed_free",
+            Loss::MappingTableFull => "mapping_table_full",
+            Loss::PendingSyscallTableFull => "pending_syscall_table_full",
         }
     }
 }
@@ -153,4 +205,6 @@ mod pod {
     unsafe impl aya::Pod for LiveAlloc {}
     unsafe impl aya::Pod for SiteStats {}
     unsafe impl aya::Pod for StackTrace {}
+    unsafe impl aya::Pod for PendingSyscall {}
+    unsafe impl aya::Pod for ProcessMemory {}
 }

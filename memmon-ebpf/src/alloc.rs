@@ -133,7 +133,8 @@ pub fn exit(ctx: &RetProbeContext) {
         return;
     }
     let ret: u64 = ctx.ret();
-    match call.kind {
+    // Decide what was allocated first, so that the (large) recording path is inlined once.
+    let allocated = match call.kind {
         k if k == AllocKind::Realloc as u32 => {
             // realloc(p, 0) frees p and may return NULL; any other NULL is a failure.
             if ret != 0 || call.size == 0 {
@@ -143,23 +144,19 @@ pub fn exit(ctx: &RetProbeContext) {
             } else {
                 restore_old_block(tgid, &call);
             }
-            if ret != 0 {
-                record(ctx, tgid, ret, call.size);
-            }
+            ret
         }
         k if k == AllocKind::PosixMemalign as u32 => {
-            if ret as u32 == 0
-                && let Ok(addr) = unsafe { bpf_probe_read_user(call.ptr_arg as *const u64) }
-                && addr != 0
-            {
-                record(ctx, tgid, addr, call.size);
+            if ret as u32 == 0 {
+                unsafe { bpf_probe_read_user(call.ptr_arg as *const u64) }.unwrap_or(0)
+            } else {
+                0
             }
         }
-        _ => {
-            if ret != 0 {
-                record(ctx, tgid, ret, call.size);
-            }
-        }
+        _ => ret,
+    };
+    if allocated != 0 {
+        record(ctx, tgid, allocated, call.size);
     }
 }
 
@@ -180,7 +177,7 @@ pub fn free(ctx: &ProbeContext, addr: u64) {
 /// Records a successful allocation of `size` bytes at `addr`.
 #[inline(always)]
 fn record<C: EbpfContext>(ctx: &C, tgid: u32, addr: u64, size: u64) {
-    let Some(site) = stack::current_site(ctx, tgid) else {
+    let Some(site) = stack::current_site(ctx, tgid, None) else {
         lose(Loss::StackCaptureFailed);
         return;
     };

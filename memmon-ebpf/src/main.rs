@@ -12,10 +12,11 @@ mod alloc;
 mod counters;
 mod maps;
 mod stack;
+mod syscalls;
 
 use aya_ebpf::{
-    macros::{uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{raw_tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use memmon_common::AllocKind;
 
@@ -81,6 +82,18 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     alloc::free(&ctx, arg(&ctx, 0));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    syscalls::enter(&ctx);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    syscalls::exit(&ctx);
     0
 }
 

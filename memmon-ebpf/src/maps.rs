@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use memmon_common::{
     DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, LOSS_REASONS, LiveAlloc, LiveKey,
-    MAX_PENDING_CALLS, PendingCall, SiteStats, StackTrace,
+    MAX_MAPPINGS, MAX_PENDING_CALLS, MAX_TARGETS, PendingCall, PendingSyscall, ProcessMemory,
+    SiteStats, StackTrace,
 };
 
 /// Allocator calls in flight, by thread (`pid_tgid`).
@@ -43,3 +44,23 @@ pub static LOSSES: Array<u64> = Array::with_max_entries(LOSS_REASONS as u32, 0);
 /// entry is expected (the call began while probes were being attached) and is not a loss.
 #[map]
 pub static ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Target processes (tgid → per-process memory). Uprobes are attached per process; the syscall
+/// tracepoints fire for every process on the machine and use this table as their filter.
+#[map]
+pub static TARGETS: HashMap<u32, ProcessMemory> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Memory syscalls in flight, by thread.
+#[map]
+pub static PENDING_SYSCALLS: HashMap<u64, PendingSyscall> =
+    HashMap::with_max_entries(MAX_PENDING_CALLS, BPF_F_NO_PREALLOC);
+
+/// Live anonymous mappings made since attach: (tgid, start) → size, site, time.
+#[map]
+pub static MAPPINGS: HashMap<LiveKey, LiveAlloc> =
+    HashMap::with_max_entries(MAX_MAPPINGS, BPF_F_NO_PREALLOC);
+
+/// Per-site counters of the anonymous mappings the program made itself. Resized at load.
+#[map]
+pub static MAPPING_SITES: HashMap<u64, SiteStats> =
+    HashMap::with_max_entries(DEFAULT_MAX_SITES, BPF_F_NO_PREALLOC);

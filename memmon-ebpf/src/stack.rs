@@ -21,24 +21,33 @@ const EEXIST: i32 = 17;
 
 /// Captures the calling thread's user stack and returns its site id.
 ///
-/// Called from the allocator's return probe, so the first frame is the allocator's caller.
+/// From the allocator's return probe the first frame is the allocator's caller. From a syscall,
+/// the first frame is inside the syscall wrapper (glibc's mmap), whose caller a frame-pointer
+/// walk skips because the wrapper sets up no frame: `leaf_return` (the word at the user stack
+/// pointer at syscall entry) is then inserted as the second frame.
+///
 /// When the stack cannot be captured or stored, the allocation still counts, under the
 /// process's "unknown stack" site (depth 0), and the reason is counted as a loss.
 #[inline(always)]
-pub fn current_site<C: EbpfContext>(ctx: &C, tgid: u32) -> Option<u64> {
+pub fn current_site<C: EbpfContext>(ctx: &C, tgid: u32, leaf_return: Option<u64>) -> Option<u64> {
     let scratch = unsafe { &mut *STACK_SCRATCH.get_ptr_mut(0)? };
     scratch.tgid = tgid;
+    let skip = if leaf_return.is_some() { 1 } else { 0 };
     let captured = unsafe {
         bpf_get_stack(
             ctx.as_ptr(),
-            scratch.ips.as_mut_ptr() as *mut c_void,
-            (MAX_STACK_DEPTH * 8) as u32,
+            scratch.ips.as_mut_ptr().add(skip) as *mut c_void,
+            ((MAX_STACK_DEPTH - skip) * 8) as u32,
             BPF_F_USER_STACK as u64,
         )
     };
     if captured <= 0 {
         lose(Loss::StackCaptureFailed);
         scratch.depth = 0;
+    } else if let Some(return_address) = leaf_return {
+        scratch.ips[0] = scratch.ips[1];
+        scratch.ips[1] = return_address;
+        scratch.depth = (captured as u32) / 8 + 1;
     } else {
         scratch.depth = (captured as u32) / 8;
     }
@@ -46,10 +55,32 @@ pub fn current_site<C: EbpfContext>(ctx: &C, tgid: u32) -> Option<u64> {
         Ok(site) => Some(site),
         Err(loss) => {
             lose(loss);
-            scratch.depth = 0;
-            intern(scratch).ok()
+            unknown_site(scratch)
         }
     }
+}
+
+/// The process' "unknown stack" site: an empty stack, stored like any other. Separate from
+/// `intern` (whose loops the verifier would otherwise walk a second time) because an empty
+/// stack only needs its tgid compared.
+#[inline(always)]
+fn unknown_site(scratch: &mut StackTrace) -> Option<u64> {
+    scratch.depth = 0;
+    let hash = finish_hash((scratch.tgid as u64) << 32);
+    for probe in 0..STACK_PROBE_LIMIT {
+        let site = hash.wrapping_add(probe);
+        if let Some(existing) = STACKS.get_ptr(site) {
+            let existing = unsafe { &*existing };
+            if existing.tgid == scratch.tgid && existing.depth == 0 {
+                return Some(site);
+            }
+            continue;
+        }
+        if STACKS.insert(site, &*scratch, BPF_NOEXIST as u64).is_ok() {
+            return Some(site);
+        }
+    }
+    None
 }
 
 #[inline(always)]
@@ -94,7 +125,12 @@ fn content_hash(stack: &StackTrace) -> u64 {
         }
         hash = (hash.rotate_left(5) ^ stack.ips[i]).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
-    // splitmix64 finalizer: spread the bits so that adjacent probe slots are unrelated stacks.
+    finish_hash(hash)
+}
+
+/// splitmix64's finalizer: spreads the bits so that adjacent probe slots are unrelated stacks.
+#[inline(always)]
+fn finish_hash(mut hash: u64) -> u64 {
     hash ^= hash >> 30;
     hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     hash ^= hash >> 27;

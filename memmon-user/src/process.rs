@@ -65,6 +65,37 @@ impl Process {
     }
 }
 
+/// The brk heap: where it starts (`start_brk`) and ends (the program break).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapExtent {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Process {
+    /// The brk heap now: `start_brk` from /proc/PID/stat (field 47), and the end of the [heap]
+    /// segment from /proc/PID/maps (the break rounded up to a page; the start if none yet).
+    pub fn heap_extent(&self) -> HeapExtent {
+        let start = fs::read_to_string(self.path("stat"))
+            .ok()
+            .and_then(|stat| {
+                let fields = stat.get(stat.rfind(')')? + 1..)?.to_string();
+                fields.split_whitespace().nth(47 - 3)?.parse().ok()
+            })
+            .unwrap_or(0);
+        let maps = fs::read_to_string(self.path("maps")).unwrap_or_default();
+        let end = maps
+            .lines()
+            .find(|line| line.ends_with("[heap]"))
+            .and_then(|line| {
+                let (_, end) = line.split_whitespace().next()?.split_once('-')?;
+                u64::from_str_radix(end, 16).ok()
+            })
+            .unwrap_or(start);
+        HeapExtent { start, end }
+    }
+}
+
 fn proc_path(pid: u32, entry: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{entry}"))
 }

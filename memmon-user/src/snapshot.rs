@@ -2,7 +2,9 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use memmon_common::{Loss, SiteStats};
+use memmon_common::{Loss, ProcessMemory, SiteStats};
+
+use crate::process::HeapExtent;
 
 /// One allocation site (a distinct user call stack in one process) and its counters.
 #[derive(Clone, Debug)]
@@ -24,9 +26,40 @@ impl SiteSample {
     }
 }
 
+/// One target's memory as the syscall tracepoints saw it since attach.
+#[derive(Clone, Debug)]
+pub struct ProcessSample {
+    pub pid: u32,
+    pub memory: ProcessMemory,
+    pub heap_at_attach: HeapExtent,
+}
+
+impl ProcessSample {
+    /// Anonymous mappings the program made itself since attach and still holds.
+    pub fn program_mapped_bytes(&self) -> u64 {
+        self.memory.program_mapped_bytes.saturating_sub(self.memory.program_unmapped_bytes)
+    }
+
+    /// Anonymous mappings the allocator made since attach and still holds.
+    pub fn allocator_mapped_bytes(&self) -> u64 {
+        self.memory.allocator_mapped_bytes.saturating_sub(self.memory.allocator_unmapped_bytes)
+    }
+
+    /// Size of the brk heap: exact once the process has called brk since attach, before that
+    /// the [heap] segment as mapped at attach (page-rounded).
+    pub fn brk_heap_bytes(&self) -> u64 {
+        let end = if self.memory.brk != 0 { self.memory.brk } else { self.heap_at_attach.end };
+        end.saturating_sub(self.heap_at_attach.start)
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
+    /// Heap allocation sites.
     pub sites: Vec<SiteSample>,
+    /// Sites of the anonymous mappings the program made itself (mmap outside the allocator).
+    pub mapping_sites: Vec<SiteSample>,
+    pub processes: Vec<ProcessSample>,
     /// Loss counters by reason (every reason present, zero included).
     pub losses: BTreeMap<&'static str, u64>,
 }
@@ -76,11 +109,31 @@ mod tests {
     fn top_live_orders_by_live_bytes_and_skips_freed_sites() {
         let snapshot = Snapshot {
             sites: vec![site(1, 100, 100), site(2, 500, 100), site(3, 900, 0)],
-            losses: BTreeMap::new(),
+            ..Snapshot::default()
         };
         let top: Vec<_> = snapshot.top_live(10).iter().map(|s| s.id).collect();
         assert_eq!(top, [3, 2]);
         assert_eq!(snapshot.live_bytes(), 1300);
         assert_eq!(snapshot.live_count(), 3);
+    }
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+
+    #[test]
+    fn brk_heap_uses_the_kernel_break_once_known() {
+        let mut process = ProcessSample {
+            pid: 1,
+            memory: ProcessMemory::default(),
+            heap_at_attach: HeapExtent { start: 0x1000, end: 0x22000 },
+        };
+        assert_eq!(process.brk_heap_bytes(), 0x21000);
+        process.memory.brk = 0x1000 + 70_000;
+        assert_eq!(process.brk_heap_bytes(), 70_000);
+        process.memory.program_mapped_bytes = 3 * 4096;
+        process.memory.program_unmapped_bytes = 4096;
+        assert_eq!(process.program_mapped_bytes(), 2 * 4096);
     }
 }

@@ -10,16 +10,17 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap},
-    programs::{UProbe, uprobe::UProbeScope},
+    programs::{RawTracePoint, UProbe, uprobe::UProbeScope},
 };
 use memmon_common::{
-    DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, Loss, SiteStats, StackTrace,
+    DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, Loss, ProcessMemory, SiteStats, StackTrace,
 };
 
 use crate::{
     allocator::{self, Allocator},
     process::Process,
-    snapshot::{SiteSample, Snapshot},
+    process::HeapExtent,
+    snapshot::{ProcessSample, SiteSample, Snapshot},
 };
 
 /// The compiled kernel programs, built by build.rs.
@@ -43,6 +44,8 @@ impl Default for Capacity {
 pub struct Target {
     pub process: Process,
     pub allocator: Allocator,
+    /// The [heap] segment when memmon attached; the kernel reports the break after the next brk.
+    pub heap_at_attach: HeapExtent,
 }
 
 /// Attached probes and their maps. Dropping it detaches everything.
@@ -73,6 +76,7 @@ impl Tracer {
             .map_max_entries("LIVE", capacity.max_live_allocations)
             .map_max_entries("SITES", capacity.max_sites)
             .map_max_entries("STACKS", capacity.max_sites)
+            .map_max_entries("MAPPING_SITES", capacity.max_sites)
             .load(PROGRAMS)
             .map_err(|err| privilege_hint(anyhow!(err).context("loading memmon's eBPF programs")))?;
         let mut names: Vec<&str> = allocator::entry_programs().collect();
@@ -90,8 +94,18 @@ impl Tracer {
         }
         let mut targets = Vec::new();
         for (process, allocator) in found {
+            let mut table: BpfHashMap<_, u32, ProcessMemory> =
+                BpfHashMap::try_from(ebpf.map_mut("TARGETS").context("TARGETS map")?)?;
+            table.insert(process.pid, ProcessMemory::default(), 0)?;
+            let heap_at_attach = process.heap_extent();
             attach_allocator(&mut ebpf, &process, &allocator)?;
-            targets.push(Target { process, allocator });
+            targets.push(Target { process, allocator, heap_at_attach });
+        }
+        for (name, tracepoint) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
+            let program: &mut RawTracePoint =
+                ebpf.program_mut(name).ok_or_else(|| anyhow!("eBPF program {name} missing"))?.try_into()?;
+            program.load().with_context(|| format!("verifier rejected {name}"))?;
+            program.attach(tracepoint).with_context(|| format!("attaching to raw tracepoint {tracepoint}"))?;
         }
         let mut armed: Array<_, u32> = Array::try_from(ebpf.map_mut("ARMED").context("ARMED map")?)?;
         armed.set(0, 1, 0)?;
@@ -106,10 +120,27 @@ impl Tracer {
         self.capacity
     }
 
-    /// Reads every site's counters and the loss counters.
+    /// Reads every site's counters, the per-process memory and the loss counters.
     pub fn snapshot(&mut self) -> Result<Snapshot> {
+        let sites = self.site_samples("SITES")?;
+        let mapping_sites = self.site_samples("MAPPING_SITES")?;
+        let processes: BpfHashMap<_, u32, ProcessMemory> =
+            BpfHashMap::try_from(self.ebpf.map("TARGETS").context("TARGETS map")?)?;
+        let processes = self
+            .targets
+            .iter()
+            .map(|target| ProcessSample {
+                pid: target.process.pid,
+                memory: processes.get(&target.process.pid, 0).unwrap_or_default(),
+                heap_at_attach: target.heap_at_attach,
+            })
+            .collect();
+        Ok(Snapshot { sites, mapping_sites, processes, losses: read_losses(&self.ebpf)? })
+    }
+
+    fn site_samples(&mut self, map: &str) -> Result<Vec<SiteSample>> {
         let sites: BpfHashMap<_, u64, SiteStats> =
-            BpfHashMap::try_from(self.ebpf.map("SITES").context("SITES map")?)?;
+            BpfHashMap::try_from(self.ebpf.map(map).with_context(|| format!("{map} map"))?)?;
         let stacks: BpfHashMap<_, u64, StackTrace> =
             BpfHashMap::try_from(self.ebpf.map("STACKS").context("STACKS map")?)?;
         let mut samples = Vec::new();
@@ -118,17 +149,21 @@ impl Tracer {
             let (pid, frames) = match self.stacks.get(&id) {
                 Some(known) => known.clone(),
                 None => {
-                    // A site whose stack could not be stored is the process' "unknown stack".
-                    let Ok(stack) = stacks.get(&id, 0) else { continue };
-                    let depth = (stack.depth as usize).min(stack.ips.len());
-                    let known = (stack.tgid, Arc::new(stack.ips[..depth].to_vec()));
+                    let known = match stacks.get(&id, 0) {
+                        Ok(stack) => {
+                            let depth = (stack.depth as usize).min(stack.ips.len());
+                            (stack.tgid, Arc::new(stack.ips[..depth].to_vec()))
+                        }
+                        // Not stored (table full): shown as an unknown stack, never dropped.
+                        Err(_) => (self.targets.first().map_or(0, |t| t.process.pid), Arc::new(Vec::new())),
+                    };
                     self.stacks.insert(id, known.clone());
                     known
                 }
             };
             samples.push(SiteSample { id, pid, frames, stats });
         }
-        Ok(Snapshot { sites: samples, losses: read_losses(&self.ebpf)? })
+        Ok(samples)
     }
 }
 
