@@ -9,8 +9,8 @@ use tokio::{
 };
 
 use crate::{
-    report::{self, SiteView},
-    snapshot::Snapshot,
+    report::{self, ProcessLine, Report, SiteView},
+    snapshot::{SiteSample, Snapshot},
     symbolize::Symbolizer,
     tracer::{Capacity, Tracer},
 };
@@ -92,11 +92,14 @@ pub async fn run(options: AgentOptions) -> Result<()> {
     Ok(())
 }
 
-/// Symbolized views of the `top` sites with the most live bytes.
+/// Symbolized views of the `top` heap sites with the most live bytes.
 pub fn views(snapshot: &Snapshot, symbolizer: &mut Symbolizer, top: usize) -> Vec<SiteView> {
-    snapshot
-        .top_live(top)
-        .into_iter()
+    site_views(&snapshot.top_live(top), symbolizer)
+}
+
+fn site_views(sites: &[&SiteSample], symbolizer: &mut Symbolizer) -> Vec<SiteView> {
+    sites
+        .iter()
         .map(|site| SiteView {
             pid: site.pid,
             live_bytes: site.live_bytes(),
@@ -114,11 +117,30 @@ fn render(tracer: &Tracer, snapshot: &Snapshot, symbolizer: &mut Symbolizer, top
         .iter()
         .map(|t| format!("{} ({})", t.process.pid, t.process.comm))
         .collect();
-    let title = format!("memmon {} pid {}", time_of_day(), pids.join(", "));
-    let losses: Vec<(&str, u64)> =
-        snapshot.losses.iter().filter(|&(_, &n)| n > 0).map(|(&r, &n)| (r, n)).collect();
-    let sites = views(snapshot, symbolizer, top);
-    report::render(&title, &sites, snapshot.live_bytes(), snapshot.live_count(), &losses)
+    let mut mapping_sites: Vec<&SiteSample> =
+        snapshot.mapping_sites.iter().filter(|s| s.live_bytes() > 0).collect();
+    mapping_sites.sort_by_key(|s| std::cmp::Reverse(s.live_bytes()));
+    mapping_sites.truncate(top);
+    Report {
+        title: format!("memmon {} pid {}", time_of_day(), pids.join(", ")),
+        sites: views(snapshot, symbolizer, top),
+        live_sites: snapshot.sites.iter().filter(|s| s.live_bytes() > 0).count(),
+        live_bytes: snapshot.live_bytes(),
+        live_count: snapshot.live_count(),
+        mapping_sites: site_views(&mapping_sites, symbolizer),
+        processes: snapshot
+            .processes
+            .iter()
+            .map(|p| ProcessLine {
+                pid: p.pid,
+                brk_heap_bytes: p.brk_heap_bytes(),
+                program_mapped_bytes: p.program_mapped_bytes(),
+                allocator_mapped_bytes: p.allocator_mapped_bytes(),
+            })
+            .collect(),
+        losses: snapshot.losses.iter().filter(|&(_, &n)| n > 0).map(|(&r, &n)| (r, n)).collect(),
+    }
+    .render()
 }
 
 fn time_of_day() -> String {

@@ -48,53 +48,93 @@ pub fn human_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// The table of top sites, headed by totals. `losses` lists only non-zero counters.
-pub fn render(
-    title: &str,
-    sites: &[SiteView],
-    total_live_bytes: u64,
-    total_live_count: u64,
-    losses: &[(&str, u64)],
-) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{title}: {} live in {} blocks across {} sites shown",
-        human_bytes(total_live_bytes),
-        total_live_count,
-        sites.len()
-    );
-    if sites.is_empty() {
-        out.push_str("  (no live tracked allocations)\n");
-    } else {
+/// One process' memory outside the heap blocks: the brk heap and anonymous mappings.
+#[derive(Clone, Debug)]
+pub struct ProcessLine {
+    pub pid: u32,
+    pub brk_heap_bytes: u64,
+    pub program_mapped_bytes: u64,
+    pub allocator_mapped_bytes: u64,
+}
+
+/// Everything one text report shows.
+#[derive(Clone, Debug, Default)]
+pub struct Report<'a> {
+    pub title: String,
+    /// Top heap sites by live bytes.
+    pub sites: Vec<SiteView>,
+    /// How many heap sites have live memory (the table shows the top ones).
+    pub live_sites: usize,
+    pub live_bytes: u64,
+    pub live_count: u64,
+    /// Top sites of anonymous mappings the program made itself.
+    pub mapping_sites: Vec<SiteView>,
+    pub processes: Vec<ProcessLine>,
+    /// Non-zero loss counters only.
+    pub losses: Vec<(&'a str, u64)>,
+}
+
+impl Report<'_> {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
         let _ = writeln!(
             out,
-            "  {:>10} {:>12} {:>8} {:>10} {:>8}  {}",
-            "LIVE", "LIVE BYTES", "BLOCKS", "ALLOCATED", "ALLOCS", "FUNCTION  (LOCATION)  ← CALLERS"
+            "{}: heap {} live in {} blocks at {} sites",
+            self.title,
+            human_bytes(self.live_bytes),
+            self.live_count,
+            self.live_sites
         );
-        for site in sites {
-            let callers = site.callers(2);
+        if self.sites.is_empty() {
+            out.push_str("  (no live tracked allocations)\n");
+        } else {
+            site_table(&mut out, &self.sites);
+        }
+        if !self.mapping_sites.is_empty() {
+            out.push_str("  anonymous mappings made by the program:\n");
+            site_table(&mut out, &self.mapping_sites);
+        }
+        for process in &self.processes {
             let _ = writeln!(
                 out,
-                "  {:>10} {:>12} {:>8} {:>10} {:>8}  {}  ({}){}",
-                human_bytes(site.live_bytes),
-                site.live_bytes,
-                site.live_count,
-                human_bytes(site.alloc_bytes),
-                site.alloc_count,
-                site.function(),
-                site.location(),
-                if callers.is_empty() { String::new() } else { format!("  ← {callers}") },
+                "  pid {}: brk heap {}; anonymous mappings since attach: {} by the program, {} by the allocator",
+                process.pid,
+                human_bytes(process.brk_heap_bytes),
+                human_bytes(process.program_mapped_bytes),
+                human_bytes(process.allocator_mapped_bytes),
             );
         }
+        if self.losses.is_empty() {
+            out.push_str("  events lost: none\n");
+        } else {
+            let listed: Vec<String> = self.losses.iter().map(|(r, n)| format!("{r}={n}")).collect();
+            let _ = writeln!(out, "  events lost (numbers above may be low): {}", listed.join(", "));
+        }
+        out
     }
-    if losses.is_empty() {
-        out.push_str("  events lost: none\n");
-    } else {
-        let listed: Vec<String> = losses.iter().map(|(r, n)| format!("{r}={n}")).collect();
-        let _ = writeln!(out, "  events lost (numbers above may be low): {}", listed.join(", "));
+}
+
+fn site_table(out: &mut String, sites: &[SiteView]) {
+    let _ = writeln!(
+        out,
+        "  {:>10} {:>12} {:>8} {:>10} {:>8}  {}",
+        "LIVE", "LIVE BYTES", "BLOCKS", "ALLOCATED", "ALLOCS", "FUNCTION  (LOCATION)  ← CALLERS"
+    );
+    for site in sites {
+        let callers = site.callers(2);
+        let _ = writeln!(
+            out,
+            "  {:>10} {:>12} {:>8} {:>10} {:>8}  {}  ({}){}",
+            human_bytes(site.live_bytes),
+            site.live_bytes,
+            site.live_count,
+            human_bytes(site.alloc_bytes),
+            site.alloc_count,
+            site.function(),
+            site.location(),
+            if callers.is_empty() { String::new() } else { format!("  ← {callers}") },
+        );
     }
-    out
 }
 
 #[cfg(test)]
@@ -130,7 +170,23 @@ mod tests {
             alloc_count: 8,
             frames: vec![frame("leak", 10), frame("handle", 20), frame("main", 30)],
         };
-        let text = render("pid 7", &[site], 4096, 4, &[]);
+        let report = Report {
+            title: "pid 7".into(),
+            sites: vec![site],
+            live_sites: 1,
+            live_bytes: 4096,
+            live_count: 4,
+            processes: vec![ProcessLine {
+                pid: 7,
+                brk_heap_bytes: 135_168,
+                program_mapped_bytes: 12_288,
+                allocator_mapped_bytes: 0,
+            }],
+            ..Report::default()
+        };
+        let text = report.render();
+        assert!(text.starts_with("pid 7: heap 4.0 KiB live in 4 blocks at 1 sites"), "{text}");
+        assert!(text.contains("pid 7: brk heap 132.0 KiB; anonymous mappings since attach: 12.0 KiB by the program, 0 B by the allocator"), "{text}");
         assert!(text.contains("4.0 KiB"), "{text}");
         assert!(text.contains(" 4096 "), "{text}");
         assert!(text.contains("leak  (app.c:10)  ← handle ← main"), "{text}");
@@ -139,7 +195,8 @@ mod tests {
 
     #[test]
     fn losses_are_flagged() {
-        let text = render("pid 7", &[], 0, 0, &[("live_table_full", 3)]);
+        let report = Report { title: "pid 7".into(), losses: vec![("live_table_full", 3)], ..Report::default() };
+        let text = report.render();
         assert!(text.contains("(no live tracked allocations)"));
         assert!(text.contains("may be low): live_table_full=3"), "{text}");
     }
