@@ -2,7 +2,7 @@
 
 use memmon::{
     symbolize::Symbolizer,
-    tracer::{Capacity, Tracer},
+    tracer::{Tracer, TracerOptions},
 };
 use memmon_tests::{Target, by_function, require_root};
 
@@ -11,7 +11,7 @@ const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
 /// Runs ground_truth's leak and churn phases in `target`; checks allocator and exact numbers.
 fn leak_and_churn_are_exact(mut target: Target, allocator: &str, object: &str) {
     require_root();
-    let mut tracer = Tracer::attach(&[target.pid()], Capacity::default()).unwrap();
+    let mut tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).unwrap();
     let found = &tracer.targets()[0].allocator;
     assert_eq!(found.name, allocator, "{found:?}");
     assert!(found.object().contains(object), "{found:?}");
@@ -53,7 +53,7 @@ fn static_binary() {
 /// operator new is probed in the C++ runtime, so its caller is the site's function.
 fn cxx_is_exact(mut target: Target) {
     require_root();
-    let mut tracer = Tracer::attach(&[target.pid()], Capacity::default()).unwrap();
+    let mut tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).unwrap();
     target.run("leak");
     target.run("churn");
     let snapshot = tracer.snapshot().unwrap();
@@ -79,7 +79,7 @@ fn cxx_with_jemalloc_operator_new() {
 fn rust_system_allocator() {
     require_root();
     let mut target = Target::start("rust_leak");
-    let mut tracer = Tracer::attach(&[target.pid()], Capacity::default()).unwrap();
+    let mut tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).unwrap();
     target.run("leak");
     target.run("churn");
     let snapshot = tracer.snapshot().unwrap();

@@ -1,6 +1,6 @@
 //! memmon against programs whose allocations are known exactly: every byte must match.
 
-use memmon::{symbolize::Symbolizer, tracer::{Capacity, Tracer}};
+use memmon::{symbolize::Symbolizer, tracer::{Tracer, TracerOptions}};
 use memmon_tests::{Observed, Target, by_function, require_root};
 
 fn observed(function: &str, functions: &std::collections::HashMap<String, Observed>) -> Observed {
@@ -13,7 +13,7 @@ fn observed(function: &str, functions: &std::collections::HashMap<String, Observ
 fn leak_is_exact_and_churn_is_zero() {
     require_root();
     let mut target = Target::start("ground_truth");
-    let mut tracer = Tracer::attach(&[target.pid()], Capacity::default()).unwrap();
+    let mut tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).unwrap();
     target.run("leak");
     target.run("churn");
     target.run("freenull");
@@ -37,7 +37,7 @@ fn leak_is_exact_and_churn_is_zero() {
 fn calloc_and_realloc_chains_are_exact() {
     require_root();
     let mut target = Target::start("ground_truth");
-    let mut tracer = Tracer::attach(&[target.pid()], Capacity::default()).unwrap();
+    let mut tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).unwrap();
     target.run("calloc");
     target.run("realloc");
     let snapshot = tracer.snapshot().unwrap();
@@ -58,7 +58,7 @@ fn allocations_before_attach_are_not_counted_and_their_frees_are_harmless() {
     require_root();
     let mut target = Target::start("ground_truth");
     target.run("leak");
-    let mut tracer = Tracer::attach(&[target.pid()], Capacity::default()).unwrap();
+    let mut tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).unwrap();
     target.run("churn");
     let snapshot = tracer.snapshot().unwrap();
     let functions = by_function(&snapshot, &mut Symbolizer::new());

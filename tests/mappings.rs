@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use memmon::{
     snapshot::Snapshot,
     symbolize::Symbolizer,
-    tracer::{Capacity, Tracer},
+    tracer::{Tracer, TracerOptions},
 };
 use memmon_tests::{Target, require_root};
 
@@ -34,7 +34,7 @@ fn mapping_sites(snapshot: &Snapshot, functions: &[&str]) -> HashMap<String, (u6
 fn program_mappings_are_attributed_exactly() {
     require_root();
     let mut target = Target::start("mappings");
-    let mut tracer = Tracer::attach(&[target.pid()], Capacity::default()).unwrap();
+    let mut tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).unwrap();
     target.run("map");
     target.run("remap");
     let snapshot = tracer.snapshot().unwrap();
@@ -53,7 +53,7 @@ fn program_mappings_are_attributed_exactly() {
 fn brk_heap_growth_is_exact() {
     require_root();
     let mut target = Target::start("mappings");
-    let mut tracer = Tracer::attach(&[target.pid()], Capacity::default()).unwrap();
+    let mut tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).unwrap();
     target.run("brk");
     let first = tracer.snapshot().unwrap().processes[0].brk_heap_bytes();
     target.run("brk");
@@ -65,7 +65,7 @@ fn brk_heap_growth_is_exact() {
 fn the_allocators_own_mappings_are_the_allocators() {
     require_root();
     let mut target = Target::start("mappings");
-    let mut tracer = Tracer::attach(&[target.pid()], Capacity::default()).unwrap();
+    let mut tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).unwrap();
     target.run("bigmalloc");
     let snapshot = tracer.snapshot().unwrap();
     assert!(snapshot.mapping_sites.is_empty(), "no program mapping: {:?}", snapshot.mapping_sites);

@@ -85,6 +85,17 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Does nothing: measures the cost of the trap itself (the benchmark's floor).
+#[uprobe]
+pub fn empty_enter(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[uretprobe]
+pub fn empty_exit(_ctx: RetProbeContext) -> u32 {
+    0
+}
+
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     syscalls::enter(&ctx);

@@ -12,7 +12,7 @@ use crate::{
     report::{self, ProcessLine, Report, SiteView},
     snapshot::{SiteSample, Snapshot},
     symbolize::Symbolizer,
-    tracer::{Capacity, Tracer},
+    tracer::{Tracer, TracerOptions},
 };
 
 #[derive(Clone, Debug)]
@@ -24,12 +24,12 @@ pub struct AgentOptions {
     pub top: usize,
     /// Stop by itself after this long.
     pub duration: Option<Duration>,
-    pub capacity: Capacity,
+    pub tracer: TracerOptions,
 }
 
 /// Runs until SIGINT/SIGTERM, the duration, or every target exiting; then prints a final report.
 pub async fn run(options: AgentOptions) -> Result<()> {
-    let mut tracer = Tracer::attach(&options.pids, options.capacity)?;
+    let mut tracer = Tracer::attach(&options.pids, options.tracer)?;
     // Read the memory maps before announcing the attach, so a target that exits at once can
     // still be symbolized.
     let mut symbolizer = Symbolizer::new();

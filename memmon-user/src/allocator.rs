@@ -89,7 +89,11 @@ pub fn entry_programs() -> impl Iterator<Item = &'static str> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeSite {
     pub function: Function,
+    /// Where the probe goes: the function's entry, or a cheaper equivalent site after it
+    /// (see `probe_site`).
     pub file_offset: u64,
+    /// How far past the function's entry the probe is.
+    pub moved_by: u64,
 }
 
 /// One object memmon probes, and where.
@@ -104,12 +108,16 @@ impl ProbedObject {
     /// "libc.so.6: malloc, calloc, …" with C++ operators shown as counts.
     pub fn describe(&self) -> String {
         let name = self.path.rsplit('/').next().unwrap_or(&self.path);
-        let mut names: Vec<&str> = self
+        let plain: Vec<String> = self
             .sites
             .iter()
-            .map(|s| s.function.symbol)
-            .filter(|s| !s.starts_with("_Z"))
+            .filter(|s| !s.function.symbol.starts_with("_Z"))
+            .map(|s| match s.moved_by {
+                0 => s.function.symbol.to_string(),
+                moved => format!("{}+{moved}", s.function.symbol),
+            })
             .collect();
+        let mut names: Vec<&str> = plain.iter().map(String::as_str).collect();
         let news = self.sites.iter().filter(|s| s.function.symbol.starts_with("_Zn")).count();
         let deletes = self.sites.iter().filter(|s| s.function.symbol.starts_with("_Zd")).count();
         let news = format!("operator new ({news} forms)");
@@ -135,7 +143,8 @@ pub struct Allocator {
 
 impl Allocator {
     /// Finds the allocator of `process` from its memory map and the mapped objects' symbols.
-    pub fn find(process: &Process) -> Result<Self> {
+    /// With `optimize_sites`, entry-only probes may move to cheaper equivalent sites.
+    pub fn find(process: &Process, optimize_sites: bool) -> Result<Self> {
         let maps = fs::read_to_string(process.path("maps")).map_err(|err| {
             let hint = if err.kind() == std::io::ErrorKind::PermissionDenied {
                 " (reading another user's process needs root or CAP_SYS_PTRACE, and no \
@@ -156,7 +165,7 @@ impl Allocator {
         let mut searched = Vec::new();
         let mut allocator = None;
         for object in search_order(&objects, exe.as_deref()) {
-            let Ok(sites) = probe_sites(&process.root_path(object), &all) else { continue };
+            let Ok(sites) = probe_sites(&process.root_path(object), &all, optimize_sites) else { continue };
             searched.push(object.to_string());
             let has = |symbol| sites.iter().any(|s: &ProbeSite| s.function.symbol == symbol);
             if has("malloc") && has("free") {
@@ -179,7 +188,7 @@ impl Allocator {
                 if *object == allocator.objects[0].path {
                     continue;
                 }
-                if let Ok(sites) = probe_sites(&process.root_path(object), CXX_NEW)
+                if let Ok(sites) = probe_sites(&process.root_path(object), CXX_NEW, optimize_sites)
                     && !sites.is_empty()
                 {
                     allocator.objects.push(ProbedObject { path: object.to_string(), sites });
@@ -257,7 +266,8 @@ fn classify(object: &str, exe: Option<&str>) -> &'static str {
 }
 
 /// The `functions` defined in the ELF file at `path`, as file offsets.
-pub fn probe_sites(path: &Path, functions: &[Function]) -> Result<Vec<ProbeSite>> {
+/// With `optimize`, entry-only probes may move past instructions the kernel would single-step.
+pub fn probe_sites(path: &Path, functions: &[Function], optimize: bool) -> Result<Vec<ProbeSite>> {
     let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file = object::File::parse(&*data)
         .with_context(|| format!("{} is not an object file memmon can read", path.display()))?;
@@ -273,10 +283,18 @@ pub fn probe_sites(path: &Path, functions: &[Function]) -> Result<Vec<ProbeSite>
         let Some(file_offset) = file_offset(&file, address) else { continue };
         // Aliases (glibc's aligned_alloc and memalign; tcmalloc's free and operator delete)
         // get one probe: two probes on one instruction would see every call twice.
-        if sites.iter().any(|s| s.file_offset == file_offset) {
+        if sites.iter().any(|s| s.file_offset - s.moved_by == file_offset) {
             continue;
         }
-        sites.push(ProbeSite { function: *function, file_offset });
+        let moved_by = match (optimize, function.returns_allocation) {
+            (true, false) => {
+                let start = file_offset as usize;
+                let code = data.get(start..(start + 32).min(data.len())).unwrap_or_default();
+                crate::probe_site::entry_only_offset(code)
+            }
+            _ => 0,
+        };
+        sites.push(ProbeSite { function: *function, file_offset: file_offset + moved_by, moved_by });
     }
     Ok(sites)
 }
@@ -326,11 +344,16 @@ mod tests {
     #[test]
     fn glibc_exports_the_family() {
         let libc = Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6");
-        let sites = probe_sites(libc, FAMILY).unwrap();
+        let sites = probe_sites(libc, FAMILY, true).unwrap();
         for symbol in ["malloc", "calloc", "realloc", "free"] {
             assert!(sites.iter().any(|s| s.function.symbol == symbol), "{symbol} missing");
         }
         let offsets: std::collections::HashSet<_> = sites.iter().map(|s| s.file_offset).collect();
         assert!(offsets.len() >= 4, "distinct functions at distinct offsets");
+        // Debian 12's free starts with `test %rdi,%rdi; je`: the probe moves to the je.
+        let free = sites.iter().find(|s| s.function.symbol == "free").unwrap();
+        assert_eq!(free.moved_by, 3, "{free:?}");
+        let malloc = sites.iter().find(|s| s.function.symbol == "malloc").unwrap();
+        assert_eq!(malloc.moved_by, 0, "allocating functions keep their entry: {malloc:?}");
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod allocator;
+pub mod probe_site;
 pub mod process;
 pub mod report;
 pub mod snapshot;

@@ -3,7 +3,7 @@ use std::{process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use memmon::{
     agent::{self, AgentOptions},
-    tracer::Capacity,
+    tracer::{Capacity, TracerOptions},
 };
 
 /// memmon: where a running process' memory goes, and what leaks.
@@ -42,6 +42,10 @@ struct AgentArgs {
     #[arg(long, env = "MEMMON_MAX_SITES", default_value_t = memmon_common::DEFAULT_MAX_SITES,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_sites: u32,
+    /// Move free-type probes past instructions the kernel would single-step, when provably
+    /// equivalent (false: probe every function at its entry).
+    #[arg(long, env = "MEMMON_OPTIMIZE_PROBE_SITES", default_value_t = true, action = clap::ArgAction::Set)]
+    optimize_probe_sites: bool,
 }
 
 fn main() -> ExitCode {
@@ -55,9 +59,13 @@ fn main() -> ExitCode {
                     .then(|| Duration::from_secs(args.report_interval)),
                 top: args.top as usize,
                 duration: args.duration.map(Duration::from_secs),
-                capacity: Capacity {
-                    max_live_allocations: args.max_live_allocations,
-                    max_sites: args.max_sites,
+                tracer: TracerOptions {
+                    capacity: Capacity {
+                        max_live_allocations: args.max_live_allocations,
+                        max_sites: args.max_sites,
+                    },
+                    optimize_probe_sites: args.optimize_probe_sites,
+                    ..TracerOptions::default()
                 },
             };
             tokio::runtime::Builder::new_current_thread()

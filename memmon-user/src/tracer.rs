@@ -39,6 +39,32 @@ impl Default for Capacity {
     }
 }
 
+/// Which programs go on the probes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Programs {
+    /// memmon's tracking programs.
+    #[default]
+    Tracking,
+    /// Programs that return at once, on the same sites: the cost of the traps alone
+    /// (the benchmark's floor). No syscall tracepoints.
+    Empty,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct TracerOptions {
+    pub capacity: Capacity,
+    pub programs: Programs,
+    /// Move entry-only probes (free, delete) past instructions the kernel would single-step,
+    /// where provably equivalent (see `probe_site`).
+    pub optimize_probe_sites: bool,
+}
+
+impl Default for TracerOptions {
+    fn default() -> Self {
+        Self { capacity: Capacity::default(), programs: Programs::Tracking, optimize_probe_sites: true }
+    }
+}
+
 /// A process memmon is attached to.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -54,13 +80,14 @@ pub struct Tracer {
     targets: Vec<Target>,
     /// Stacks never change meaning once interned, so each is read from the kernel once.
     stacks: HashMap<u64, (u32, Arc<Vec<u64>>)>,
-    capacity: Capacity,
+    options: TracerOptions,
 }
 
 impl Tracer {
     /// Validates every pid, finds each allocator, loads the programs and attaches them.
     /// Nothing stays attached if any step fails.
-    pub fn attach(pids: &[u32], capacity: Capacity) -> Result<Self> {
+    pub fn attach(pids: &[u32], options: TracerOptions) -> Result<Self> {
+        let capacity = options.capacity;
         if pids.is_empty() {
             bail!("no target: pass --pid PID");
         }
@@ -68,7 +95,7 @@ impl Tracer {
         require_privileges()?;
         let mut found = Vec::new();
         for process in processes {
-            let allocator = Allocator::find(&process).map_err(|err| gone_hint(&process, err))?;
+            let allocator = Allocator::find(&process, options.optimize_probe_sites).map_err(|err| gone_hint(&process, err))?;
             found.push((process, allocator));
         }
         raise_memlock_limit();
@@ -79,8 +106,10 @@ impl Tracer {
             .map_max_entries("MAPPING_SITES", capacity.max_sites)
             .load(PROGRAMS)
             .map_err(|err| privilege_hint(anyhow!(err).context("loading memmon's eBPF programs")))?;
-        let mut names: Vec<&str> = allocator::entry_programs().collect();
-        names.push("alloc_exit");
+        let mut names: Vec<&str> = match options.programs {
+            Programs::Tracking => allocator::entry_programs().chain(["alloc_exit"]).collect(),
+            Programs::Empty => vec!["empty_enter", "empty_exit"],
+        };
         names.sort_unstable();
         names.dedup();
         for name in names {
@@ -98,10 +127,14 @@ impl Tracer {
                 BpfHashMap::try_from(ebpf.map_mut("TARGETS").context("TARGETS map")?)?;
             table.insert(process.pid, ProcessMemory::default(), 0)?;
             let heap_at_attach = process.heap_extent();
-            attach_allocator(&mut ebpf, &process, &allocator)?;
+            attach_allocator(&mut ebpf, &process, &allocator, options.programs)?;
             targets.push(Target { process, allocator, heap_at_attach });
         }
-        for (name, tracepoint) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
+        let tracepoints: &[(&str, &str)] = match options.programs {
+            Programs::Tracking => &[("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")],
+            Programs::Empty => &[],
+        };
+        for &(name, tracepoint) in tracepoints {
             let program: &mut RawTracePoint =
                 ebpf.program_mut(name).ok_or_else(|| anyhow!("eBPF program {name} missing"))?.try_into()?;
             program.load().with_context(|| format!("verifier rejected {name}"))?;
@@ -109,15 +142,15 @@ impl Tracer {
         }
         let mut armed: Array<_, u32> = Array::try_from(ebpf.map_mut("ARMED").context("ARMED map")?)?;
         armed.set(0, 1, 0)?;
-        Ok(Self { ebpf, targets, stacks: HashMap::new(), capacity })
+        Ok(Self { ebpf, targets, stacks: HashMap::new(), options })
     }
 
     pub fn targets(&self) -> &[Target] {
         &self.targets
     }
 
-    pub fn capacity(&self) -> Capacity {
-        self.capacity
+    pub fn options(&self) -> TracerOptions {
+        self.options
     }
 
     /// Reads every site's counters, the per-process memory and the loss counters.
@@ -167,17 +200,19 @@ impl Tracer {
     }
 }
 
-fn attach_allocator(ebpf: &mut Ebpf, process: &Process, allocator: &Allocator) -> Result<()> {
+fn attach_allocator(ebpf: &mut Ebpf, process: &Process, allocator: &Allocator, programs: Programs) -> Result<()> {
     let scope = UProbeScope::OneProcess(NonZeroU32::new(process.pid).expect("pid 0 rejected"));
     // Returns first, then entries; see the ARMED map for why the order is harmless.
     for returns in [true, false] {
         for object in &allocator.objects {
             let path = process.root_path(&object.path);
             for site in &object.sites {
-                let program = match (returns, site.function.returns_allocation) {
-                    (true, true) => "alloc_exit",
-                    (true, false) => continue,
-                    (false, _) => site.function.entry_program,
+                let program = match (returns, site.function.returns_allocation, programs) {
+                    (true, false, _) => continue,
+                    (true, true, Programs::Tracking) => "alloc_exit",
+                    (true, true, Programs::Empty) => "empty_exit",
+                    (false, _, Programs::Tracking) => site.function.entry_program,
+                    (false, _, Programs::Empty) => "empty_enter",
                 };
                 let probe: &mut UProbe = ebpf.program_mut(program).expect("loaded").try_into()?;
                 probe
