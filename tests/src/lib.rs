@@ -122,6 +122,14 @@ impl Target {
         self.expect_line(&format!("done {command}"));
     }
 
+    /// Sends a command and returns the one line it answers.
+    pub fn request(&mut self, command: &str) -> String {
+        self.send(command);
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    }
+
     pub fn send(&mut self, command: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");
         writeln!(stdin, "{command}").unwrap();

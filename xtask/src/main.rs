@@ -32,6 +32,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure the cost per malloc+free pair: untraced, trap floor, memmon (needs root).
+    Bench,
     /// Run the unit and integration tests (integration tests need root: they load eBPF).
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
@@ -54,6 +56,10 @@ fn run(task: Task) -> Result<()> {
         Task::Run { args } => {
             build()?;
             if args.is_empty() { demo() } else { agent(&args) }
+        }
+        Task::Bench => {
+            build()?;
+            cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench"], &[])
         }
         Task::Test { args } => {
             build()?;

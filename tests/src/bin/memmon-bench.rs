@@ -1,0 +1,63 @@
+//! `cargo xtask bench`: the cost memmon adds per malloc+free pair, against baselines measured
+//! in the same run. Configurations are interleaved round by round, so drift on a noisy machine
+//! hits them alike; each is reported as the median of its rounds, with ratios.
+
+use memmon::tracer::{Programs, Tracer, TracerOptions};
+use memmon_tests::Target;
+
+const PAIRS: u64 = 200_000;
+const ROUNDS: usize = 5;
+
+struct Config {
+    name: &'static str,
+    /// None: no tracing at all.
+    options: Option<TracerOptions>,
+}
+
+fn main() {
+    let tracing = |programs, optimize_probe_sites| {
+        Some(TracerOptions { programs, optimize_probe_sites, ..TracerOptions::default() })
+    };
+    let configs = [
+        Config { name: "untraced", options: None },
+        Config { name: "floor: empty programs, every probe at entry", options: tracing(Programs::Empty, false) },
+        Config { name: "floor: empty programs, memmon's sites", options: tracing(Programs::Empty, true) },
+        Config { name: "memmon exact, every probe at entry", options: tracing(Programs::Tracking, false) },
+        Config { name: "memmon exact, memmon's sites", options: tracing(Programs::Tracking, true) },
+    ];
+    let mut target = Target::start("bench_pairs");
+    let mut samples = vec![Vec::new(); configs.len()];
+    println!("memmon bench: malloc(64)+free pairs, {PAIRS} per run, {ROUNDS} rounds, configurations interleaved");
+    for round in 0..ROUNDS {
+        for (config, samples) in configs.iter().zip(&mut samples) {
+            let tracer = config.options.map(|options| Tracer::attach(&[target.pid()], options).expect("attach"));
+            if round == 0 {
+                measure(&mut target, PAIRS / 10); // warm-up: page in, settle caches
+            }
+            samples.push(measure(&mut target, PAIRS));
+            drop(tracer);
+        }
+    }
+    let medians: Vec<f64> = samples.iter().map(|s| median(s)).collect();
+    let (untraced, floor_sites, memmon_sites) = (medians[0], medians[2], medians[4]);
+    println!("{:<46} {:>10} {:>12} {:>16}", "configuration", "ns/pair", "× untraced", "× floor (sites)");
+    for (config, &ns) in configs.iter().zip(&medians) {
+        println!("{:<46} {:>10.0} {:>12.1} {:>16.2}", config.name, ns, ns / untraced, ns / floor_sites);
+    }
+    println!(
+        "memmon exact costs {:.0} ns per pair over untraced: {:.2}× the trap floor at the same sites (goal ≤ 1.3×)",
+        memmon_sites - untraced,
+        memmon_sites / floor_sites
+    );
+}
+
+fn measure(target: &mut Target, pairs: u64) -> f64 {
+    let reply = target.request(&format!("run {pairs}"));
+    reply.strip_prefix("ns ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("bad reply {reply:?}"))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
