@@ -113,6 +113,9 @@ pub struct PendingSyscall {
     /// The word at the user stack pointer: the return address into the caller when the
     /// syscall is made by a leaf wrapper such as glibc's mmap (which has no frame pointer).
     pub return_address: u64,
+    /// User instruction and frame pointers at entry, where the stack walk starts.
+    pub ip: u64,
+    pub fp: u64,
 }
 
 /// Per-process memory seen through the syscall tracepoints, since attach.

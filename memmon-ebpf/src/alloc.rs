@@ -2,7 +2,6 @@
 //! release (forget a block). Every allocator function's program is a thin decoder into these.
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::{BPF_ANY, BPF_NOEXIST, pt_regs},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     programs::{ProbeContext, RetProbeContext},
@@ -21,6 +20,16 @@ use crate::{
 const RETURN_ADDRESS_BYTES: u64 = 8;
 #[cfg(not(bpf_target_arch = "x86_64"))]
 const RETURN_ADDRESS_BYTES: u64 = 0;
+
+/// The registers a stack walk starts from, at a probe.
+#[inline(always)]
+fn stack_regs(regs: *mut pt_regs) -> stack::UserRegs {
+    let regs = unsafe { &*regs };
+    #[cfg(bpf_target_arch = "x86_64")]
+    return stack::UserRegs { ip: regs.rip, fp: regs.rbp };
+    #[cfg(bpf_target_arch = "aarch64")]
+    return stack::UserRegs { ip: regs.pc, fp: regs.regs[29] };
+}
 
 #[inline(always)]
 fn user_sp(regs: *mut pt_regs) -> u64 {
@@ -49,25 +58,17 @@ pub fn array_size(n: u64, size: u64) -> u64 {
     (cross << 32).checked_add(n_low * size_low).unwrap_or(u64::MAX)
 }
 
-/// A stack pointer below the entry of a call in flight on this thread means we are inside it:
-/// an allocator function called by another (calloc → malloc, realloc(p, 0) → free). Such inner
-/// calls are the outer call's business and must not be counted twice.
-#[inline(always)]
-fn inside_tracked_call(thread: u64, sp: u64) -> bool {
-    match PENDING.get_ptr(thread) {
-        Some(call) => unsafe { (*call).entry_sp > sp },
-        None => false,
-    }
-}
-
 #[inline(always)]
 pub fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, ptr_arg: u64) {
     let thread = bpf_get_current_pid_tgid();
     let sp = user_sp(ctx.regs);
     if let Some(outer) = PENDING.get_ptr_mut(thread) {
         let outer = unsafe { &mut *outer };
+        // A stack pointer below the entry of the call in flight: an allocator function called
+        // by another (memalign → malloc, operator new → malloc). The outer call records the
+        // result; counting the inner one too would count it twice.
         if outer.entry_sp > sp {
-            return; // called by the allocator function in flight: its business
+            return;
         }
         if outer.entry_sp == sp {
             // Tail-jumped into from the call in flight (memalign → malloc): the same call.
@@ -156,28 +157,28 @@ pub fn exit(ctx: &RetProbeContext) {
         _ => ret,
     };
     if allocated != 0 {
-        record(ctx, tgid, allocated, call.size);
+        record(stack_regs(ctx.regs), tgid, allocated, call.size);
     }
 }
 
 #[inline(always)]
-pub fn free(ctx: &ProbeContext, addr: u64) {
+pub fn free(addr: u64) {
     if addr == 0 {
         return;
     }
-    let thread = bpf_get_current_pid_tgid();
-    if inside_tracked_call(thread, user_sp(ctx.regs)) {
-        return;
-    }
-    if let Some(block) = take_live((thread >> 32) as u32, addr) {
+    // No check for being inside an allocator call (as entries have): the one allocator that
+    // frees a tracked block internally is realloc(p, 0), and realloc's entry has already taken
+    // p out of the live table, so its inner free finds nothing. One map lookup less per free.
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(block) = take_live(tgid, addr) {
         credit_free(block.site, block.size);
     }
 }
 
 /// Records a successful allocation of `size` bytes at `addr`.
 #[inline(always)]
-fn record<C: EbpfContext>(ctx: &C, tgid: u32, addr: u64, size: u64) {
-    let Some(site) = stack::current_site(ctx, tgid, None) else {
+fn record(regs: stack::UserRegs, tgid: u32, addr: u64, size: u64) {
+    let Some(site) = stack::current_site(regs, tgid, None) else {
         lose(Loss::StackCaptureFailed);
         return;
     };
@@ -186,15 +187,20 @@ fn record<C: EbpfContext>(ctx: &C, tgid: u32, addr: u64, size: u64) {
         return;
     };
     let key = LiveKey { addr, tgid, _pad: 0 };
-    if let Some(stale) = take_live(tgid, addr) {
-        // The allocator handed out an address we still think is live: its free was missed.
-        lose(Loss::MissedFree);
-        credit_free(stale.site, stale.size);
-    }
     let block = LiveAlloc { size, site, timestamp_ns: unsafe { bpf_ktime_get_ns() } };
     if LIVE.insert(key, block, BPF_NOEXIST as u64).is_err() {
-        lose(Loss::LiveTableFull);
-        return;
+        // Either the table is full, or the allocator handed out an address we still think is
+        // live: its free was missed. (Checked only on failure: the common path is one insert.)
+        let Some(stale) = take_live(tgid, addr) else {
+            lose(Loss::LiveTableFull);
+            return;
+        };
+        lose(Loss::MissedFree);
+        credit_free(stale.site, stale.size);
+        if LIVE.insert(key, block, BPF_NOEXIST as u64).is_err() {
+            lose(Loss::LiveTableFull);
+            return;
+        }
     }
     let stats = unsafe { &mut *stats };
     add(&mut stats.alloc_bytes, size);

@@ -81,7 +81,7 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
-    alloc::free(&ctx, arg(&ctx, 0));
+    alloc::free(arg(&ctx, 0));
     0
 }
 

@@ -11,10 +11,10 @@ use memmon_common::{
     SiteStats, StackTrace,
 };
 
-/// Allocator calls in flight, by thread (`pid_tgid`).
+/// Allocator calls in flight, by thread (`pid_tgid`). Preallocated: an entry is inserted and
+/// deleted on every allocation, and only its own thread ever touches it.
 #[map]
-pub static PENDING: HashMap<u64, PendingCall> =
-    HashMap::with_max_entries(MAX_PENDING_CALLS, BPF_F_NO_PREALLOC);
+pub static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(MAX_PENDING_CALLS, 0);
 
 /// Live tracked blocks: (tgid, address) → size, site, time. Resized at load.
 /// Not preallocated: memory follows the live set, and elements are never recycled under a reader.

@@ -4,12 +4,7 @@
 //! hit, and a colliding different stack moves to the next slot, so two stacks are never merged
 //! into one site and a site is never relabelled (unlike `BPF_F_REUSE_STACKID` stack-id maps).
 
-use aya_ebpf::{
-    EbpfContext,
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    cty::c_void,
-    helpers::generated::bpf_get_stack,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_user};
 use memmon_common::{Loss, MAX_STACK_DEPTH, STACK_PROBE_LIMIT, StackTrace};
 
 use crate::{
@@ -18,6 +13,16 @@ use crate::{
 };
 
 const EEXIST: i32 = 17;
+
+/// The user registers a stack walk starts from.
+#[derive(Clone, Copy)]
+pub struct UserRegs {
+    /// Instruction pointer: the first frame.
+    pub ip: u64,
+    /// Frame pointer (x86-64 rbp) of the function that `ip` is in, or of its caller when
+    /// `ip` is in a leaf that set up no frame.
+    pub fp: u64,
+}
 
 /// Captures the calling thread's user stack and returns its site id.
 ///
@@ -29,27 +34,12 @@ const EEXIST: i32 = 17;
 /// When the stack cannot be captured or stored, the allocation still counts, under the
 /// process's "unknown stack" site (depth 0), and the reason is counted as a loss.
 #[inline(always)]
-pub fn current_site<C: EbpfContext>(ctx: &C, tgid: u32, leaf_return: Option<u64>) -> Option<u64> {
+pub fn current_site(regs: UserRegs, tgid: u32, leaf_return: Option<u64>) -> Option<u64> {
     let scratch = unsafe { &mut *STACK_SCRATCH.get_ptr_mut(0)? };
     scratch.tgid = tgid;
-    let skip = if leaf_return.is_some() { 1 } else { 0 };
-    let captured = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            scratch.ips.as_mut_ptr().add(skip) as *mut c_void,
-            ((MAX_STACK_DEPTH - skip) * 8) as u32,
-            BPF_F_USER_STACK as u64,
-        )
-    };
-    if captured <= 0 {
+    scratch.depth = walk_frame_pointers(scratch, regs, leaf_return);
+    if scratch.depth == 0 {
         lose(Loss::StackCaptureFailed);
-        scratch.depth = 0;
-    } else if let Some(return_address) = leaf_return {
-        scratch.ips[0] = scratch.ips[1];
-        scratch.ips[1] = return_address;
-        scratch.depth = (captured as u32) / 8 + 1;
-    } else {
-        scratch.depth = (captured as u32) / 8;
     }
     match intern(scratch) {
         Ok(site) => Some(site),
@@ -58,6 +48,45 @@ pub fn current_site<C: EbpfContext>(ctx: &C, tgid: u32, leaf_return: Option<u64>
             unknown_site(scratch)
         }
     }
+}
+
+/// Walks the frame-pointer chain: each frame holds the caller's frame pointer and the return
+/// address just above it. Done here rather than with `bpf_get_stack`, which measured ~500 ns
+/// per allocation for a five-frame stack on these machines; one 16-byte user read per frame is
+/// several times cheaper. Returns the depth.
+#[inline(always)]
+fn walk_frame_pointers(scratch: &mut StackTrace, regs: UserRegs, leaf_return: Option<u64>) -> u32 {
+    if regs.ip == 0 {
+        return 0;
+    }
+    scratch.ips[0] = regs.ip;
+    let mut depth = 1;
+    if let Some(return_address) = leaf_return {
+        scratch.ips[1] = return_address;
+        depth = 2;
+    }
+    let mut fp = regs.fp;
+    for _ in 0..MAX_STACK_DEPTH {
+        if fp == 0 || fp % 8 != 0 {
+            break;
+        }
+        let Ok([caller_fp, return_address]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+            break;
+        };
+        if return_address == 0 {
+            break;
+        }
+        let Some(slot) = scratch.ips.get_mut(depth) else { break };
+        *slot = return_address;
+        depth += 1;
+        // The stack grows down: a caller's frame is always above. Anything else ends the chain
+        // (a frame without a frame pointer, or garbage).
+        if caller_fp <= fp {
+            break;
+        }
+        fp = caller_fp;
+    }
+    depth as u32
 }
 
 /// The process' "unknown stack" site: an empty stack, stored like any other. Separate from

@@ -31,6 +31,8 @@ const REG_RSI: usize = 13;
 const REG_RDX: usize = 12;
 const REG_R10: usize = 7;
 const REG_SP: usize = 19;
+const REG_IP: usize = 16;
+const REG_BP: usize = 4;
 
 #[inline(always)]
 fn reg(regs: *const u64, index: usize) -> u64 {
@@ -60,6 +62,8 @@ pub fn enter(ctx: &RawTracePointContext) {
     let regs: *const u64 = ctx.arg(0);
     let sp = reg(regs, REG_SP);
     let call = PendingSyscall {
+        ip: reg(regs, REG_IP),
+        fp: reg(regs, REG_BP),
         id,
         args: [reg(regs, REG_RDI), reg(regs, REG_RSI), reg(regs, REG_RDX), reg(regs, REG_R10)],
         return_address: unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0),
@@ -83,7 +87,7 @@ pub fn exit(ctx: &RawTracePointContext) {
     let process = unsafe { &mut *process };
     match call.id {
         syscall::MMAP if call.args[3] & MAP_ANONYMOUS != 0 => {
-            let site = owner(ctx, thread, tgid, &call);
+            let site = owner(thread, tgid, &call);
             track(process, tgid, ret, page_align(call.args[1]), site, unsafe { bpf_ktime_get_ns() });
         }
         syscall::MUNMAP => unmap(process, tgid, call.args[0], page_align(call.args[1])),
@@ -96,11 +100,12 @@ pub fn exit(ctx: &RawTracePointContext) {
 
 /// The site a new mapping belongs to: the allocator's, or the program stack that asked.
 #[inline(always)]
-fn owner(ctx: &RawTracePointContext, thread: u64, tgid: u32, call: &PendingSyscall) -> u64 {
+fn owner(thread: u64, tgid: u32, call: &PendingSyscall) -> u64 {
     if crate::maps::PENDING.get_ptr(thread).is_some() {
         return ALLOCATOR_SITE;
     }
-    stack::current_site(ctx, tgid, Some(call.return_address)).unwrap_or(ALLOCATOR_SITE)
+    let regs = stack::UserRegs { ip: call.ip, fp: call.fp };
+    stack::current_site(regs, tgid, Some(call.return_address)).unwrap_or(ALLOCATOR_SITE)
 }
 
 #[inline(always)]
