@@ -62,7 +62,10 @@ pub fn array_size(n: u64, size: u64) -> u64 {
 pub fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, ptr_arg: u64) {
     let thread = bpf_get_current_pid_tgid();
     let sp = user_sp(ctx.regs);
-    if let Some(outer) = PENDING.get_ptr_mut(thread) {
+    let slot = PENDING.get_ptr_mut(thread);
+    if let Some(outer) = slot
+        && unsafe { (*outer).entry_sp } != 0
+    {
         let outer = unsafe { &mut *outer };
         // A stack pointer below the entry of the call in flight: an allocator function called
         // by another (memalign → malloc, operator new → malloc). The outer call records the
@@ -97,7 +100,11 @@ pub fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, ptr_arg: u64) {
         old_site,
         old_timestamp_ns,
     };
-    if PENDING.insert(thread, call, BPF_ANY as u64).is_err() {
+    // The thread's slot is reused call after call (an update in place, not an insert and a
+    // delete per allocation); the LRU map drops the slots of threads that are gone.
+    if let Some(slot) = slot {
+        unsafe { *slot = call };
+    } else if PENDING.insert(thread, call, BPF_ANY as u64).is_err() {
         lose(Loss::PendingTableFull);
         if old_timestamp_ns != 0 {
             credit_free(old_site, old_size);
@@ -105,15 +112,24 @@ pub fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, ptr_arg: u64) {
     }
 }
 
+/// Whether the thread is inside a tracked allocator call (its slot holds a call in flight).
+#[inline(always)]
+pub fn in_allocator_call(thread: u64) -> bool {
+    PENDING.get_ptr(thread).is_some_and(|call| unsafe { (*call).entry_sp } != 0)
+}
+
 #[inline(always)]
 pub fn exit(ctx: &RetProbeContext) {
     let thread = bpf_get_current_pid_tgid();
     let sp = user_sp(ctx.regs);
-    let Some(call) = PENDING.get_ptr_mut(thread) else {
-        if ARMED.get(0).is_some_and(|armed| *armed != 0) {
-            lose(Loss::ReturnWithoutEntry);
+    let call = match PENDING.get_ptr_mut(thread) {
+        Some(call) if unsafe { (*call).entry_sp } != 0 => call,
+        _ => {
+            if ARMED.get(0).is_some_and(|armed| *armed != 0) {
+                lose(Loss::ReturnWithoutEntry);
+            }
+            return;
         }
-        return;
     };
     let expected_sp = unsafe { (*call).entry_sp } + RETURN_ADDRESS_BYTES;
     if sp < expected_sp {
@@ -124,8 +140,9 @@ pub fn exit(ctx: &RetProbeContext) {
         unsafe { (*call).tail_calls -= 1 };
         return;
     }
-    let call = unsafe { *call };
-    let _ = PENDING.remove(thread);
+    let slot = call;
+    let call = unsafe { *slot };
+    unsafe { (*slot).entry_sp = 0 }; // the slot is free for the thread's next call
     let tgid = (thread >> 32) as u32;
     if sp > expected_sp {
         // The recorded call's frame is gone (it never returned); this return is not its.

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use memmon_common::{
     DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, LOSS_REASONS, LiveAlloc, LiveKey,
@@ -11,10 +11,11 @@ use memmon_common::{
     SiteStats, StackTrace,
 };
 
-/// Allocator calls in flight, by thread (`pid_tgid`). Preallocated: an entry is inserted and
-/// deleted on every allocation, and only its own thread ever touches it.
+/// Allocator calls in flight: one slot per thread (`pid_tgid`), reused call after call; a
+/// slot with `entry_sp == 0` is idle. Only its own thread touches a slot. LRU, so the slots of
+/// threads that have exited make room for new ones.
 #[map]
-pub static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(MAX_PENDING_CALLS, 0);
+pub static PENDING: LruHashMap<u64, PendingCall> = LruHashMap::with_max_entries(MAX_PENDING_CALLS, 0);
 
 /// Live tracked blocks: (tgid, address) → size, site, time. Resized at load.
 /// Not preallocated: memory follows the live set, and elements are never recycled under a reader.

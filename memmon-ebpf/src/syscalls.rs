@@ -101,7 +101,7 @@ pub fn exit(ctx: &RawTracePointContext) {
 /// The site a new mapping belongs to: the allocator's, or the program stack that asked.
 #[inline(always)]
 fn owner(thread: u64, tgid: u32, call: &PendingSyscall) -> u64 {
-    if crate::maps::PENDING.get_ptr(thread).is_some() {
+    if crate::alloc::in_allocator_call(thread) {
         return ALLOCATOR_SITE;
     }
     let regs = stack::UserRegs { ip: call.ip, fp: call.fp };
