@@ -150,3 +150,14 @@ fn bad_arguments_are_refused_by_clap() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid value 'abc'"));
 }
+
+#[test]
+fn process_without_an_allocator() {
+    require_root();
+    let target = Target::start_silent("no_allocator");
+    thread::sleep(Duration::from_millis(100));
+    let error = error_of(&mut agent(&target.pid().to_string()));
+    assert!(error.contains("no allocator found in pid"), "{error}");
+    assert!(error.contains("defines both malloc and free"), "{error}");
+    assert!(error.contains("target/test-targets/no_allocator"), "names what was searched: {error}");
+}

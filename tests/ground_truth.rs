@@ -66,3 +66,16 @@ fn allocations_before_attach_are_not_counted_and_their_frees_are_harmless() {
     assert_eq!(snapshot.live_bytes(), 0);
     assert_eq!(snapshot.total_losses(), 0, "{:?}", snapshot.losses);
 }
+
+#[test]
+fn a_million_live_allocations_fit_the_default_table() {
+    require_root();
+    let mut target = Target::start("ground_truth");
+    let mut tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).unwrap();
+    target.run("million");
+    let snapshot = tracer.snapshot().unwrap();
+    let functions = by_function(&snapshot, &mut Symbolizer::new());
+    let million = observed("leak_a_million", &functions);
+    assert_eq!((million.live_bytes, million.live_count), (16_000_000, 1_000_000), "{million:?}");
+    assert_eq!(snapshot.total_losses(), 0, "{:?}", snapshot.losses);
+}

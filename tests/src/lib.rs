@@ -53,7 +53,7 @@ pub fn build_target(name: &str) -> PathBuf {
     std::fs::create_dir_all(&out_dir).unwrap();
     let (source_name, static_link) = match name.strip_suffix("-static") {
         Some(base) => (base, true),
-        None => (name, false),
+        None => (name, name == "no_allocator"),
     };
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets");
     let source = ["c", "cpp", "rs"]
@@ -77,6 +77,9 @@ pub fn build_target(name: &str) -> PathBuf {
     command.arg(&binary).arg(&source);
     if static_link {
         command.arg("-static");
+    }
+    if name == "no_allocator" {
+        command.arg("-nostdlib");
     }
     let status = command.status().expect("cannot run the compiler");
     assert!(status.success(), "compiling {} failed", source.display());
@@ -140,6 +143,18 @@ impl Target {
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         assert_eq!(line.trim_end(), expected, "target said something else");
+    }
+
+    /// Starts a program that does not speak the ready/done protocol.
+    pub fn start_silent(name: &str) -> Self {
+        let mut child = Command::new(build_target(name))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cannot start target");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Self { child, stdin, stdout }
     }
 
     /// Waits for the target to exit by itself.

@@ -10,14 +10,17 @@
  *            malloc 32 -> realloc 64 -> realloc 128 -> free): 0 live,
  *            352000 bytes in 5000 allocations
  *   freenull free(NULL) 100 times: nothing
+ *   million  leak_a_million: 1,000,000 blocks of 16 bytes, kept: 16000000 bytes live
  *   exit     exit(0)
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static void *volatile sink;
 static void *volatile kept[1000];
+static void *volatile *million;
 static int kept_count;
 
 static void keep(void *p)
@@ -70,6 +73,15 @@ __attribute__((noinline)) void churn_everything(void)
     }
 }
 
+__attribute__((noinline)) void leak_a_million(void)
+{
+    for (int i = 0; i < 1000000; i++) {
+        char *p = malloc(16);
+        p[0] = 1;
+        million[i] = p;
+    }
+}
+
 __attribute__((noinline)) void free_null(void)
 {
     for (int i = 0; i < 100; i++)
@@ -80,6 +92,7 @@ int main(void)
 {
     char command[64];
     setvbuf(stdout, NULL, _IOLBF, 0);
+    million = mmap(NULL, 1000000 * sizeof(void *), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     printf("ready\n");
     while (fgets(command, sizeof command, stdin)) {
         command[strcspn(command, "\n")] = 0;
@@ -91,6 +104,8 @@ int main(void)
             leak_realloc();
         else if (!strcmp(command, "churn"))
             churn_everything();
+        else if (!strcmp(command, "million"))
+            leak_a_million();
         else if (!strcmp(command, "freenull"))
             free_null();
         else if (!strcmp(command, "exit"))
