@@ -13,6 +13,7 @@ use memmon_tests::{Target, memmon_binary, require_root};
 fn agent_around(args: &[&str], during: impl FnOnce()) -> (Output, String) {
     let mut child = Command::new(memmon_binary())
         .arg("agent")
+        .args(["--listen", "127.0.0.1:0", "--profiling-enabled", "false"])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -60,20 +61,20 @@ fn agent_names_the_leaking_function_with_exact_bytes() {
 fn agent_keeps_its_report_when_the_target_exits() {
     require_root();
     let mut target = Target::start("ground_truth");
-    let pid = target.pid().to_string();
-    let started = Instant::now();
-    let (output, stderr) = agent_around(&["--pid", &pid, "--report-interval", "0"], || {
-        target.run("leak");
-        target.send("exit");
-        target.wait();
-    });
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(10), "agent noticed the exit late");
-    assert!(stdout.contains("stopping (every target exited)"), "{stdout}");
+    let agent = memmon_tests::Agent::start(target.pid(), &[]);
+    target.run("leak");
+    target.send("exit");
+    target.wait();
+    thread::sleep(Duration::from_secs(1));
+    // Still serving, with what it captured.
+    assert_eq!(agent.json("memory-summary")["live_bytes"], 104_950);
+    let (code, stdout, stderr) = agent.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("memmon: every target exited; final report"), "{stdout}");
     // Symbolized after the process is gone, from the map memmon saw while it ran.
     assert!(stdout.contains("largest live site: leak_exactly ("), "{stdout}\n{stderr}");
     assert!(stdout.contains("(104950 bytes) in 100 blocks"), "{stdout}");
+    assert!(stderr.contains("probes detached"), "{stderr}");
 }
 
 /// Runs memmon expecting failure; returns its one-line error.

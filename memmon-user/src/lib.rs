@@ -4,9 +4,13 @@
 
 pub mod agent;
 pub mod allocator;
+pub mod commands;
+pub mod config;
+pub mod leaks;
 pub mod probe_site;
 pub mod process;
 pub mod report;
 pub mod snapshot;
 pub mod symbolize;
 pub mod tracer;
+pub mod wire;

@@ -17,10 +17,10 @@ use blazesym::symbolize::{
     Input, Symbolized, Symbolizer as Blazesym,
     source::{Elf, Source},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One symbolized stack frame (the contract's `site.frames[]` element).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frame {
     pub function: String,
     pub module: String,

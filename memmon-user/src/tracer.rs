@@ -13,7 +13,8 @@ use aya::{
     programs::{RawTracePoint, UProbe, uprobe::UProbeScope},
 };
 use memmon_common::{
-    DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, Loss, ProcessMemory, SiteStats, StackTrace,
+    DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, LiveAlloc, LiveKey, Loss, ProcessMemory,
+    SiteStats, StackTrace,
 };
 
 use crate::{
@@ -88,11 +89,7 @@ impl Tracer {
     /// Nothing stays attached if any step fails.
     pub fn attach(pids: &[u32], options: TracerOptions) -> Result<Self> {
         let capacity = options.capacity;
-        if pids.is_empty() {
-            bail!("no target: pass --pid PID");
-        }
-        let processes = pids.iter().map(|&pid| Process::open(pid)).collect::<Result<Vec<_>>>()?;
-        require_privileges()?;
+        let processes = preflight(pids)?;
         let mut found = Vec::new();
         for process in processes {
             let allocator = Allocator::find(&process, options.optimize_probe_sites).map_err(|err| gone_hint(&process, err))?;
@@ -171,6 +168,21 @@ impl Tracer {
         Ok(Snapshot { sites, mapping_sites, processes, losses: read_losses(&self.ebpf)? })
     }
 
+    /// Sizes of the live tracked blocks of `pid`, read from the live table (one pass; for
+    /// on-demand summaries, not for every snapshot).
+    pub fn live_block_sizes(&self, pid: u32) -> Result<Vec<u64>> {
+        let live: BpfHashMap<_, LiveKey, LiveAlloc> =
+            BpfHashMap::try_from(self.ebpf.map("LIVE").context("LIVE map")?)?;
+        let mut sizes = Vec::new();
+        for entry in live.iter() {
+            let Ok((key, block)) = entry else { continue }; // freed while we iterated
+            if key.tgid == pid {
+                sizes.push(block.size);
+            }
+        }
+        Ok(sizes)
+    }
+
     fn site_samples(&mut self, map: &str) -> Result<Vec<SiteSample>> {
         let sites: BpfHashMap<_, u64, SiteStats> =
             BpfHashMap::try_from(self.ebpf.map(map).with_context(|| format!("{map} map"))?)?;
@@ -198,6 +210,17 @@ impl Tracer {
         }
         Ok(samples)
     }
+}
+
+/// The checks that need neither the kernel nor the network: every pid names a live user
+/// process, and we may load eBPF. Run first, so these errors come before any other.
+pub fn preflight(pids: &[u32]) -> Result<Vec<Process>> {
+    if pids.is_empty() {
+        bail!("no target: pass --pid PID");
+    }
+    let processes = pids.iter().map(|&pid| Process::open(pid)).collect::<Result<Vec<_>>>()?;
+    require_privileges()?;
+    Ok(processes)
 }
 
 fn attach_allocator(ebpf: &mut Ebpf, process: &Process, allocator: &Allocator, programs: Programs) -> Result<()> {

@@ -147,7 +147,13 @@ impl Target {
 
     /// Starts a program that does not speak the ready/done protocol.
     pub fn start_silent(name: &str) -> Self {
+        Self::start_args(name, &[])
+    }
+
+    /// Starts a program that does not speak the protocol, with arguments.
+    pub fn start_args(name: &str, args: &[&str]) -> Self {
         let mut child = Command::new(build_target(name))
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -195,4 +201,86 @@ pub fn by_function(snapshot: &Snapshot, symbolizer: &mut Symbolizer) -> HashMap<
         entry.sites += 1;
     }
     functions
+}
+
+/// A `memmon agent` process with its control API on a free loopback port; stopped (SIGTERM)
+/// when dropped.
+pub struct Agent {
+    child: Child,
+    pub url: String,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Agent {
+    /// Starts `memmon agent --pid PID --listen 127.0.0.1:0 ARGS` and waits for its API.
+    pub fn start(pid: u32, args: &[&str]) -> Self {
+        let mut child = Command::new(memmon_binary())
+            .args(["agent", "--pid", &pid.to_string(), "--listen", "127.0.0.1:0", "--report-interval", "0"])
+            .args(["--profiling-enabled", "false"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start memmon agent");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        let url = loop {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                panic!("agent ended before serving: {seen}");
+            }
+            seen.push_str(&line);
+            if let Some(url) = line.trim().strip_prefix("memmon: control API on ") {
+                break url.to_string();
+            }
+        };
+        let stderr = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+            seen + &rest
+        });
+        Self { child, url, stderr: Some(stderr) }
+    }
+
+    /// Runs `memmon COMMAND --agent URL ARGS`; returns (exit code, stdout, stderr).
+    pub fn command(&self, command: &str, args: &[&str]) -> (i32, String, String) {
+        let output = Command::new(memmon_binary())
+            .arg(command)
+            .args(["--agent", &self.url])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// `command` with `--format json`, parsed; panics unless it succeeded.
+    pub fn json(&self, command: &str) -> serde_json::Value {
+        let (code, stdout, stderr) = self.command(command, &["--format", "json"]);
+        assert_eq!(code, 0, "{command} failed: {stderr}");
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{command} printed no JSON ({e}): {stdout}"))
+    }
+
+    /// Stops the agent (SIGTERM) and returns (exit code, stdout, stderr).
+    pub fn stop(mut self) -> (i32, String, String) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut stdout = String::new();
+        let _ = std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut stdout);
+        let status = self.child.wait().unwrap();
+        let stderr = self.stderr.take().unwrap().join().unwrap();
+        (status.code().unwrap_or(-1), stdout, stderr)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.stderr.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -1,0 +1,170 @@
+//! `memmon agent`: attach, snapshot every MEMMON_METRICS_UPDATE_INTERVAL, check for leaks
+//! every MEMMON_LEAK_CHECK_INTERVAL, serve the control API on MEMMON_LISTEN, and print a live
+//! report, until SIGINT/SIGTERM or `--duration`.
+
+mod api;
+pub mod report;
+pub mod state;
+
+use std::{thread, time::Duration};
+
+use anyhow::{Context as _, Result, anyhow};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::oneshot,
+    time::{Instant, MissedTickBehavior, interval_at, sleep_until},
+};
+
+use crate::config::AgentConfig;
+use state::Agent;
+
+type Job = Box<dyn FnOnce(&mut Agent) + Send>;
+
+/// The agent lives on a thread of its own (blazesym's symbolizer cannot move between threads);
+/// the API and the timers hand it jobs and await the answers.
+#[derive(Clone)]
+pub struct Handle {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Handle {
+    /// Starts the agent thread; returns once the targets are attached (or attaching failed).
+    fn start(config: AgentConfig) -> Result<(Self, thread::JoinHandle<()>)> {
+        let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
+        let (started, outcome) = std::sync::mpsc::channel();
+        let thread = thread::Builder::new().name("memmon-agent".into()).spawn(move || {
+            let mut agent = match Agent::start(config) {
+                Ok(agent) => {
+                    let _ = started.send(Ok(()));
+                    agent
+                }
+                Err(err) => {
+                    let _ = started.send(Err(err));
+                    return;
+                }
+            };
+            for job in inbox {
+                job(&mut agent);
+            }
+            // `agent` drops here, on its own thread: every probe is detached.
+        })?;
+        outcome.recv().map_err(|_| anyhow!("the agent thread died while attaching"))??;
+        Ok((Self { jobs }, thread))
+    }
+
+    /// Runs `job` on the agent and returns its result.
+    pub async fn with<R: Send + 'static>(&self, job: impl FnOnce(&mut Agent) -> R + Send + 'static) -> Result<R> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |agent: &mut Agent| {
+                let _ = reply.send(job(agent));
+            }))
+            .map_err(|_| anyhow!("the agent has stopped"))?;
+        answer.await.map_err(|_| anyhow!("the agent has stopped"))
+    }
+}
+
+pub async fn run(config: AgentConfig) -> Result<()> {
+    crate::tracer::preflight(&config.pids)?;
+    config.validate()?;
+    // Bind before attaching: a busy port must not leave probes behind.
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
+        format!("cannot listen on {} (MEMMON_LISTEN / --listen)", config.listen)
+    })?;
+    let address = listener.local_addr()?;
+    let (agent, agent_thread) = Handle::start(config.clone())?;
+    let attached = agent
+        .with(|agent| {
+            agent
+                .tracer()
+                .targets()
+                .iter()
+                .map(|target| {
+                    format!(
+                        "memmon: attached to pid {} ({}): {} allocator in {}; probing {}",
+                        target.process.pid,
+                        target.process.comm,
+                        target.allocator.name,
+                        target.allocator.object(),
+                        target.allocator.describe()
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+    for line in attached {
+        eprintln!("{line}");
+    }
+    eprintln!("memmon: control API on http://{address}");
+    let server = tokio::spawn(api::serve(listener, agent.clone()));
+
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let far_future = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    let deadline = config.duration.map_or(far_future, |d| Instant::now() + Duration::from_secs(d));
+    let every = |period: Duration| {
+        let mut ticks = interval_at(Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticks
+    };
+    let mut snapshots = every(config.metrics_update_period());
+    let mut leak_checks = every(config.leak_check_period());
+    let report_period = Duration::from_secs(config.report_interval.max(1));
+    let mut reports = every(report_period);
+    let mut liveness = every(Duration::from_millis(250));
+    let mut targets_gone = false;
+
+    let reason = loop {
+        tokio::select! {
+            _ = interrupt.recv() => break "interrupted",
+            _ = terminate.recv() => break "terminated",
+            _ = sleep_until(deadline) => break "duration reached",
+            _ = snapshots.tick() => {
+                if let Err(err) = agent.with(|agent| agent.refresh()).await? {
+                    log::warn!("snapshot failed: {err:#}");
+                }
+            }
+            _ = leak_checks.tick() => agent.with(|agent| agent.check_leaks()).await?,
+            _ = reports.tick(), if config.report_interval > 0 && !targets_gone => {
+                let text = agent.with(|agent| agent.refresh().map(|()| report::render(agent))).await??;
+                print!("{text}");
+            }
+            _ = liveness.tick(), if !targets_gone => {
+                let last_words = agent
+                    .with(|agent| {
+                        let gone = agent.tracer().targets().iter().all(|t| !t.process.is_alive());
+                        gone.then(|| agent.refresh().map(|()| final_report(agent)))
+                    })
+                    .await?;
+                if let Some(text) = last_words {
+                    targets_gone = true;
+                    println!("memmon: every target exited; final report (data stays available until memmon stops):");
+                    print!("{}", text?);
+                }
+            }
+        }
+    };
+    server.abort();
+    let _ = server.await; // the server's handle on the agent goes with it
+    let text = agent
+        .with(move |agent| {
+            let refreshed = if targets_gone { Ok(()) } else { agent.refresh() };
+            refreshed.map(|()| final_report(agent))
+        })
+        .await??;
+    println!("memmon: stopping ({reason}); final report:");
+    print!("{text}");
+    drop(agent); // the last handle: the agent thread ends and detaches every probe
+    let _ = agent_thread.join();
+    eprintln!("memmon: probes detached");
+    Ok(())
+}
+
+fn final_report(agent: &mut Agent) -> String {
+    let mut text = report::render(agent);
+    if let Some(line) = report::largest_site_line(agent) {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}

@@ -1,0 +1,406 @@
+//! The agent's state: the tracer and everything derived from it, and the views the control API
+//! serves. All methods are synchronous and quick; callers hold the lock only while they run.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Instant,
+};
+
+use anyhow::Result;
+
+use crate::{
+    config::AgentConfig,
+    leaks::{CheckInput, Detector, SitePoint},
+    process::MemoryStatus,
+    snapshot::{SiteSample, Snapshot},
+    symbolize::Symbolizer,
+    tracer::Tracer,
+    wire::{self, Bucket, LeakIndicator, Site},
+};
+
+pub struct Agent {
+    config: AgentConfig,
+    tracer: Tracer,
+    symbolizer: Symbolizer,
+    detector: Detector,
+    started: Instant,
+    snapshot: Snapshot,
+    snapshot_at: Instant,
+    snapshots: u64,
+    /// Total losses at the previous snapshot, and whether the last snapshot added any.
+    losses_before: u64,
+    losses_growing: bool,
+    memory: HashMap<u32, MemoryStatus>,
+    alive: HashMap<u32, bool>,
+    indicators: Vec<LeakIndicator>,
+    leak_checks: u64,
+    last_check_at: Option<Instant>,
+}
+
+impl Agent {
+    /// Attaches to every configured pid and takes a first snapshot.
+    pub fn start(config: AgentConfig) -> Result<Self> {
+        let tracer = Tracer::attach(&config.pids, config.tracer_options())?;
+        let mut symbolizer = Symbolizer::new();
+        for target in tracer.targets() {
+            symbolizer.observe(target.process.pid);
+        }
+        let detector = Detector::new(config.thresholds());
+        let now = Instant::now();
+        let mut agent = Self {
+            config,
+            tracer,
+            symbolizer,
+            detector,
+            started: now,
+            snapshot: Snapshot::default(),
+            snapshot_at: now,
+            snapshots: 0,
+            losses_before: 0,
+            losses_growing: false,
+            memory: HashMap::new(),
+            alive: HashMap::new(),
+            indicators: Vec::new(),
+            leak_checks: 0,
+            last_check_at: None,
+        };
+        agent.refresh()?;
+        Ok(agent)
+    }
+
+    pub fn tracer(&self) -> &Tracer {
+        &self.tracer
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Takes a snapshot of the kernel tables and /proc (MEMMON_METRICS_UPDATE_INTERVAL).
+    pub fn refresh(&mut self) -> Result<()> {
+        let snapshot = self.tracer.snapshot()?;
+        let losses = snapshot.total_losses();
+        self.losses_growing = self.snapshots > 0 && losses > self.losses_before;
+        self.losses_before = losses;
+        for target in self.tracer.targets() {
+            let pid = target.process.pid;
+            let alive = target.process.is_alive();
+            if alive {
+                self.symbolizer.observe(pid);
+                if let Some(memory) = target.process.memory() {
+                    self.memory.insert(pid, memory);
+                }
+            } else if self.alive.get(&pid).copied().unwrap_or(true) {
+                self.detector.forget(pid);
+            }
+            self.alive.insert(pid, alive);
+        }
+        self.snapshot = snapshot;
+        self.snapshot_at = Instant::now();
+        self.snapshots += 1;
+        Ok(())
+    }
+
+    pub fn all_exited(&self) -> bool {
+        self.alive.values().all(|alive| !alive)
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    pub fn symbolizer(&mut self) -> &mut Symbolizer {
+        &mut self.symbolizer
+    }
+
+    /// Takes a snapshot and runs the leak detector on it (MEMMON_LEAK_CHECK_INTERVAL).
+    pub fn check_leaks(&mut self) {
+        if !self.config.leak_detection_enabled {
+            return;
+        }
+        if let Err(err) = self.refresh() {
+            log::warn!("snapshot for the leak check failed: {err:#}");
+            return;
+        }
+        let at_seconds = self.started.elapsed().as_secs_f64();
+        let mut found = Vec::new();
+        for target in self.tracer.targets() {
+            let pid = target.process.pid;
+            if !self.alive.get(&pid).copied().unwrap_or(false) {
+                continue;
+            }
+            let sites: Vec<&SiteSample> =
+                self.snapshot.sites.iter().filter(|s| s.pid == pid && s.live_bytes() > 0).collect();
+            let input = CheckInput {
+                at_seconds,
+                pid,
+                rss_bytes: self.memory.get(&pid).map_or(0, |m| m.rss_bytes),
+                heap_live_bytes: sites.iter().map(|s| s.live_bytes()).sum(),
+                sites: sites
+                    .iter()
+                    .map(|s| SitePoint { site: s.id, live_bytes: s.live_bytes(), live_count: s.live_count() })
+                    .collect(),
+            };
+            found.extend(self.detector.check(&input));
+        }
+        let frames_of: HashMap<u64, (u32, std::sync::Arc<Vec<u64>>)> =
+            self.snapshot.sites.iter().map(|s| (s.id, (s.pid, s.frames.clone()))).collect();
+        self.indicators = found
+            .into_iter()
+            .map(|indicator| {
+                let site = indicator.site.and_then(|id| frames_of.get(&id)).map(|(pid, frames)| Site {
+                    frames: self.symbolizer.frames(*pid, frames),
+                });
+                LeakIndicator {
+                    kind: serde_plain(&indicator.kind),
+                    severity: serde_plain(&indicator.severity),
+                    pid: indicator.pid,
+                    live_bytes: indicator.live_bytes,
+                    live_allocations: indicator.live_allocations,
+                    growth_bytes: indicator.growth_bytes,
+                    growth_bytes_per_second: indicator.growth_bytes_per_second,
+                    growth_ratio: indicator.growth_ratio,
+                    window_seconds: indicator.window_seconds,
+                    checks: indicator.checks,
+                    summary: indicator.summary,
+                    site,
+                }
+            })
+            .collect();
+        self.indicators.sort_by(|a, b| {
+            severity_rank(&b.severity).cmp(&severity_rank(&a.severity)).then(b.live_bytes.cmp(&a.live_bytes))
+        });
+        self.leak_checks += 1;
+        self.last_check_at = Some(Instant::now());
+    }
+
+    pub fn status(&self) -> wire::Status {
+        let targets: Vec<wire::TargetStatus> = self
+            .tracer
+            .targets()
+            .iter()
+            .map(|t| wire::TargetStatus {
+                pid: t.process.pid,
+                comm: t.process.comm.clone(),
+                alive: self.alive.get(&t.process.pid).copied().unwrap_or(false),
+                allocator: t.allocator.name.to_string(),
+                object: t.allocator.object().to_string(),
+                probes: t.allocator.describe(),
+            })
+            .collect();
+        wire::Status {
+            attached: true,
+            pids: targets.iter().map(|t| t.pid).collect(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            mode: "exact".into(),
+            events_lost: self.events_lost(),
+            targets,
+            snapshots: self.snapshots,
+            last_snapshot_age_seconds: Some(self.snapshot_at.elapsed().as_secs_f64()),
+            leak_detection_enabled: self.config.leak_detection_enabled,
+            leak_checks: self.leak_checks,
+            metrics_update_interval_seconds: self.config.metrics_update_interval,
+            leak_check_interval_seconds: self.config.leak_check_interval,
+            listen: self.config.listen.to_string(),
+        }
+    }
+
+    pub fn leaks(&self) -> wire::Leaks {
+        wire::Leaks {
+            leak_indicators: self.indicators.clone(),
+            leak_detection_enabled: self.config.leak_detection_enabled,
+            leak_checks: self.leak_checks,
+            last_check_age_seconds: self.last_check_at.map(|at| at.elapsed().as_secs_f64()),
+        }
+    }
+
+    pub fn memory_summary(&mut self) -> Result<wire::MemorySummary> {
+        let top = self.config.top as usize;
+        let top_sites: Vec<wire::SiteSummary> = self
+            .snapshot
+            .top_live(top)
+            .into_iter()
+            .map(|s| wire::SiteSummary {
+                site: Site { frames: self.symbolizer.frames(s.pid, &s.frames) },
+                pid: s.pid,
+                live_bytes: s.live_bytes(),
+                live_allocations: s.live_count(),
+                allocated_bytes: s.stats.alloc_bytes,
+                allocations: s.stats.alloc_count,
+            })
+            .collect();
+        let mut by_module: BTreeMap<String, Bucket> = BTreeMap::new();
+        for site in self.snapshot.sites.iter().filter(|s| s.live_bytes() > 0) {
+            let module = site
+                .frames
+                .first()
+                .map(|&ip| self.symbolizer.frames(site.pid, &[ip]).remove(0).module)
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "[unknown]".into());
+            let bucket = by_module.entry(module.clone()).or_insert(Bucket { name: module, live_bytes: 0, live_allocations: 0 });
+            bucket.live_bytes += site.live_bytes();
+            bucket.live_allocations += site.live_count();
+        }
+        let mut by_module: Vec<Bucket> = by_module.into_values().collect();
+        by_module.sort_by_key(|b| std::cmp::Reverse(b.live_bytes));
+        let mut sizes = Vec::new();
+        let mut processes = Vec::new();
+        for target in self.tracer.targets() {
+            let pid = target.process.pid;
+            sizes.extend(self.tracer.live_block_sizes(pid)?);
+            let memory = self.memory.get(&pid).copied().unwrap_or_default();
+            let heap: Vec<&SiteSample> = self.snapshot.sites.iter().filter(|s| s.pid == pid).collect();
+            let process = self.snapshot.processes.iter().find(|p| p.pid == pid);
+            processes.push(wire::ProcessSummary {
+                pid,
+                comm: target.process.comm.clone(),
+                alive: self.alive.get(&pid).copied().unwrap_or(false),
+                rss_bytes: memory.rss_bytes,
+                virtual_bytes: memory.virtual_bytes,
+                peak_rss_bytes: memory.peak_rss_bytes,
+                live_bytes: heap.iter().map(|s| s.live_bytes()).sum(),
+                live_allocations: heap.iter().map(|s| s.live_count()).sum(),
+                brk_heap_bytes: process.map_or(0, |p| p.brk_heap_bytes()),
+                program_mapped_bytes: process.map_or(0, |p| p.program_mapped_bytes()),
+                allocator_mapped_bytes: process.map_or(0, |p| p.allocator_mapped_bytes()),
+            });
+        }
+        Ok(wire::MemorySummary {
+            total_objects: self.snapshot.live_count(),
+            live_bytes: self.snapshot.live_bytes(),
+            rss_bytes: processes.iter().map(|p| p.rss_bytes).sum(),
+            peak_rss_bytes: processes.iter().map(|p| p.peak_rss_bytes).sum(),
+            virtual_bytes: processes.iter().map(|p| p.virtual_bytes).sum(),
+            top_sites,
+            by_size_class: size_classes(&sizes),
+            by_module,
+            processes,
+            events_lost: self.events_lost(),
+            snapshot_age_seconds: self.snapshot_at.elapsed().as_secs_f64(),
+        })
+    }
+
+    pub fn health(&mut self) -> wire::Health {
+        let mut checks = Vec::new();
+        let mut check = |name: &str, status: &str, detail: String| {
+            checks.push(wire::HealthCheck { name: name.into(), status: status.into(), detail });
+        };
+        let targets = self.tracer.targets();
+        check("probes_attached", "ok", format!("{} target(s), allocator probes and syscall tracepoints attached", targets.len()));
+        let alive = targets.iter().filter(|t| self.alive.get(&t.process.pid).copied().unwrap_or(false)).count();
+        match alive {
+            0 => check("target_alive", "failed", "every target has exited".into()),
+            n if n < targets.len() => check("target_alive", "degraded", format!("{n} of {} targets alive", targets.len())),
+            n => check("target_alive", "ok", format!("{n} alive")),
+        }
+        let capacity = self.tracer.options().capacity;
+        let live = self.snapshot.live_count();
+        let sites = self.snapshot.sites.len() as u64;
+        let live_fill = live as f64 / f64::from(capacity.max_live_allocations);
+        let site_fill = sites as f64 / f64::from(capacity.max_sites);
+        let fill = live_fill.max(site_fill);
+        check(
+            "tables",
+            if fill >= 0.9 { "degraded" } else { "ok" },
+            format!(
+                "live table {live}/{} ({:.0}%), site table {sites}/{} ({:.0}%)",
+                capacity.max_live_allocations,
+                live_fill * 100.0,
+                capacity.max_sites,
+                site_fill * 100.0
+            ),
+        );
+        let losses = self.snapshot.total_losses();
+        check(
+            "losses",
+            if self.losses_growing { "degraded" } else { "ok" },
+            if self.losses_growing {
+                format!("{losses} events lost so far, and still growing")
+            } else {
+                format!("{losses} events lost, not growing")
+            },
+        );
+        let symbolized = self.snapshot.top_live(1).first().map(|s| (s.pid, s.frames.clone()));
+        match symbolized {
+            Some((pid, frames)) if !frames.is_empty() => {
+                let frame = self.symbolizer.frames(pid, &frames[..1]).remove(0);
+                let resolved = !frame.function.starts_with("0x");
+                check(
+                    "symbolizer",
+                    if resolved { "ok" } else { "degraded" },
+                    if resolved { format!("top site resolves to {}", frame.function) } else { "top site does not resolve to a function".into() },
+                );
+            }
+            _ => check("symbolizer", "ok", "no live site to resolve yet".into()),
+        }
+        if self.config.profiling_enabled {
+            let dir = &self.config.profiling_output_dir;
+            let probe = dir.join(format!(".memmon-health-{}", std::process::id()));
+            let writable = std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe));
+            match writable {
+                Ok(()) => check("profile_directory", "ok", format!("{} writable", dir.display())),
+                Err(err) => check("profile_directory", "degraded", format!("{}: {err}", dir.display())),
+            }
+        }
+        let status = if checks.iter().any(|c| c.status == "failed") {
+            "failed"
+        } else if checks.iter().any(|c| c.status == "degraded") {
+            "degraded"
+        } else {
+            "healthy"
+        };
+        wire::Health { status: status.into(), checks }
+    }
+
+    fn events_lost(&self) -> BTreeMap<String, u64> {
+        self.snapshot.losses.iter().map(|(reason, n)| (reason.to_string(), *n)).collect()
+    }
+}
+
+/// The serde name of a unit enum variant ("critical", "site_growth").
+fn serde_plain<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn severity_rank(severity: &str) -> u8 {
+    match severity {
+        "critical" => 2,
+        "warning" => 1,
+        _ => 0,
+    }
+}
+
+/// Live blocks by power-of-two size class ("≤ 16 B", "≤ 32 B", …), smallest class first.
+pub fn size_classes(sizes: &[u64]) -> Vec<Bucket> {
+    let mut classes: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    for &size in sizes {
+        let bound = size.max(16).next_power_of_two().trailing_zeros();
+        let class = classes.entry(bound).or_default();
+        class.0 += size;
+        class.1 += 1;
+    }
+    classes
+        .into_iter()
+        .map(|(bound, (bytes, count))| Bucket {
+            name: format!("≤ {}", crate::report::human_bytes(1u64 << bound)),
+            live_bytes: bytes,
+            live_allocations: count,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_classes_are_powers_of_two() {
+        let classes = size_classes(&[1, 16, 17, 32, 1000, 1024, 1025]);
+        let names: Vec<&str> = classes.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["≤ 16 B", "≤ 32 B", "≤ 1.0 KiB", "≤ 2.0 KiB"]);
+        assert_eq!((classes[0].live_bytes, classes[0].live_allocations), (17, 2));
+        assert_eq!((classes[1].live_bytes, classes[1].live_allocations), (49, 2));
+        assert_eq!((classes[2].live_bytes, classes[2].live_allocations), (2024, 2));
+        assert_eq!((classes[3].live_bytes, classes[3].live_allocations), (1025, 1));
+    }
+}

@@ -1,0 +1,284 @@
+//! The management commands: ask a running agent over its control API, print for a person
+//! (text) or a script (`--format json`, the agent's JSON as is).
+
+use std::{fmt::Write as _, process::ExitCode};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    report::human_bytes,
+    wire::{ApiError, Bucket, Health, Leaks, MemorySummary, Site, Status},
+};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Client {
+    /// The agent's control API (default: http:// + MEMMON_LISTEN).
+    #[arg(long, env = "MEMMON_AGENT")]
+    pub agent: Option<String>,
+    /// Where the agent listens, when --agent is not given.
+    #[arg(long, env = "MEMMON_LISTEN", default_value = "127.0.0.1:9464", hide = true)]
+    pub listen: String,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+impl Client {
+    fn base(&self) -> String {
+        let base = self.agent.clone().unwrap_or_else(|| format!("http://{}", self.listen));
+        base.trim_end_matches('/').to_string()
+    }
+
+    fn call(&self, method: &str, path: &str) -> Result<String> {
+        let url = format!("{}{path}", self.base());
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .build()
+            .new_agent();
+        let response = match method {
+            "POST" => agent.post(&url).send_empty(),
+            _ => agent.get(&url).call(),
+        };
+        let mut response = response.map_err(|err| {
+            anyhow!(
+                "no memmon agent answers at {} ({err}); start one with `memmon agent --pid PID`, \
+                 or point to it with --agent URL",
+                self.base()
+            )
+        })?;
+        let status = response.status();
+        let body = response.body_mut().read_to_string().context("reading the agent's answer")?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<ApiError>(&body).map(|e| e.error).unwrap_or(body);
+            bail!("the agent refused ({status}): {message}");
+        }
+        Ok(body)
+    }
+
+    fn fetch<T: DeserializeOwned>(&self, method: &str, path: &str) -> Result<(String, T)> {
+        let body = self.call(method, path)?;
+        let value = serde_json::from_str(&body).with_context(|| format!("unexpected answer from {path}"))?;
+        Ok((body, value))
+    }
+
+    /// Prints JSON as the agent sent it (pretty), or the text rendering.
+    fn show<T: DeserializeOwned>(&self, method: &str, path: &str, text: impl FnOnce(&T) -> String) -> Result<T> {
+        let (body, value) = self.fetch::<T>(method, path)?;
+        match self.format {
+            Format::Json => {
+                let pretty: serde_json::Value = serde_json::from_str(&body)?;
+                println!("{}", serde_json::to_string_pretty(&pretty)?);
+            }
+            Format::Text => print!("{}", text(&value)),
+        }
+        Ok(value)
+    }
+
+    pub fn status(&self) -> Result<ExitCode> {
+        self.show("GET", "/status", status_text)?;
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub fn health_check(&self) -> Result<ExitCode> {
+        let health: Health = self.show("GET", "/health", health_text)?;
+        Ok(ExitCode::from(match health.status.as_str() {
+            "healthy" => 0,
+            "degraded" => 1,
+            _ => 2,
+        }))
+    }
+
+    pub fn check_leaks(&self, verbose: bool) -> Result<ExitCode> {
+        let path = if verbose { "/leaks?verbose=true" } else { "/leaks" };
+        self.show("GET", path, |leaks: &Leaks| leaks_text(leaks, verbose))?;
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub fn memory_summary(&self) -> Result<ExitCode> {
+        self.show("GET", "/memory-summary", summary_text)?;
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub fn update_metrics(&self) -> Result<ExitCode> {
+        self.show("POST", "/update-metrics", |summary: &MemorySummary| {
+            format!("snapshot taken\n{}", summary_text(summary))
+        })?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn status_text(status: &Status) -> String {
+    let mut out = String::new();
+    let lost: u64 = status.events_lost.values().sum();
+    let _ = writeln!(
+        out,
+        "memmon agent: attached to {} process(es), up {}, mode {}, {} snapshots, {} leak checks",
+        status.targets.len(),
+        human_duration(status.uptime_seconds),
+        status.mode,
+        status.snapshots,
+        status.leak_checks
+    );
+    for target in &status.targets {
+        let _ = writeln!(
+            out,
+            "  pid {:<8} {:<16} {:<8} {} allocator in {}",
+            target.pid,
+            target.comm,
+            if target.alive { "running" } else { "exited" },
+            target.allocator,
+            target.object
+        );
+        let _ = writeln!(out, "  {:<8} probes: {}", "", target.probes);
+    }
+    let _ = writeln!(
+        out,
+        "  snapshot every {} s, leak check every {} s{}, API on {}",
+        status.metrics_update_interval_seconds,
+        status.leak_check_interval_seconds,
+        if status.leak_detection_enabled { "" } else { " (leak detection disabled)" },
+        status.listen
+    );
+    if lost == 0 {
+        out.push_str("  events lost: none\n");
+    } else {
+        let listed: Vec<String> =
+            status.events_lost.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
+        let _ = writeln!(out, "  events lost (numbers may be low): {}", listed.join(", "));
+    }
+    out
+}
+
+fn health_text(health: &Health) -> String {
+    let mut out = format!("memmon agent: {}\n", health.status);
+    for check in &health.checks {
+        let _ = writeln!(out, "  {:<9} {:<18} {}", check.status, check.name, check.detail);
+    }
+    out
+}
+
+fn leaks_text(leaks: &Leaks, verbose: bool) -> String {
+    let mut out = String::new();
+    if !leaks.leak_detection_enabled {
+        return "leak detection is disabled (MEMMON_LEAK_DETECTION_ENABLED=false)\n".into();
+    }
+    if leaks.leak_checks == 0 {
+        return "no leak check has run yet (one runs every MEMMON_LEAK_CHECK_INTERVAL seconds)\n".into();
+    }
+    if leaks.leak_indicators.is_empty() {
+        let _ = writeln!(out, "no leaks: nothing is growing ({} checks so far)", leaks.leak_checks);
+        return out;
+    }
+    for indicator in &leaks.leak_indicators {
+        let what = match &indicator.site {
+            Some(site) => format!("{} ({})", site.function(), site.location()),
+            None => format!("pid {} {}", indicator.pid, indicator.kind.replace('_', " ")),
+        };
+        let _ = writeln!(
+            out,
+            "{:<8} {:>10} in {:>7} blocks  {}",
+            indicator.severity.to_uppercase(),
+            human_bytes(indicator.live_bytes),
+            indicator.live_allocations,
+            what
+        );
+        if verbose {
+            let _ = writeln!(out, "         {}", indicator.summary);
+            let _ = writeln!(
+                out,
+                "         evidence: {} bytes live, +{} bytes over {:.0} s ({}/s, ratio {:.2}), {} checks",
+                indicator.live_bytes,
+                indicator.growth_bytes,
+                indicator.window_seconds,
+                human_bytes(indicator.growth_bytes_per_second.max(0.0) as u64),
+                indicator.growth_ratio,
+                indicator.checks
+            );
+            if let Some(site) = &indicator.site {
+                stack_text(&mut out, site);
+            }
+        }
+    }
+    out
+}
+
+fn stack_text(out: &mut String, site: &Site) {
+    for (depth, frame) in site.frames.iter().enumerate() {
+        let _ = writeln!(out, "         #{depth:<2} {}  ({})  {}", frame.function, frame.location(), frame.module);
+    }
+}
+
+fn summary_text(summary: &MemorySummary) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "heap {} live in {} blocks; RSS {} (peak {}), virtual {}",
+        human_bytes(summary.live_bytes),
+        summary.total_objects,
+        human_bytes(summary.rss_bytes),
+        human_bytes(summary.peak_rss_bytes),
+        human_bytes(summary.virtual_bytes)
+    );
+    if !summary.top_sites.is_empty() {
+        let _ = writeln!(out, "\ntop sites by live bytes:");
+        let _ = writeln!(out, "  {:>10} {:>12} {:>8} {:>10} {:>8}  FUNCTION  (LOCATION)", "LIVE", "LIVE BYTES", "BLOCKS", "ALLOCATED", "ALLOCS");
+        for site in &summary.top_sites {
+            let _ = writeln!(
+                out,
+                "  {:>10} {:>12} {:>8} {:>10} {:>8}  {}  ({})",
+                human_bytes(site.live_bytes),
+                site.live_bytes,
+                site.live_allocations,
+                human_bytes(site.allocated_bytes),
+                site.allocations,
+                site.site.function(),
+                site.site.location()
+            );
+        }
+    }
+    buckets_text(&mut out, "by size class", &summary.by_size_class);
+    buckets_text(&mut out, "by module", &summary.by_module);
+    let _ = writeln!(out);
+    for process in &summary.processes {
+        let _ = writeln!(
+            out,
+            "pid {} ({}{}): RSS {}, heap {} in {} blocks, brk heap {}, mappings {} program + {} allocator",
+            process.pid,
+            process.comm,
+            if process.alive { "" } else { ", exited" },
+            human_bytes(process.rss_bytes),
+            human_bytes(process.live_bytes),
+            process.live_allocations,
+            human_bytes(process.brk_heap_bytes),
+            human_bytes(process.program_mapped_bytes),
+            human_bytes(process.allocator_mapped_bytes)
+        );
+    }
+    out
+}
+
+fn buckets_text(out: &mut String, title: &str, buckets: &[Bucket]) {
+    if buckets.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nlive memory {title}:");
+    for bucket in buckets {
+        let _ = writeln!(out, "  {:>10} {:>8} blocks  {}", human_bytes(bucket.live_bytes), bucket.live_allocations, bucket.name);
+    }
+}
+
+fn human_duration(seconds: f64) -> String {
+    let seconds = seconds.max(0.0) as u64;
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+    }
+}

@@ -1,0 +1,202 @@
+//! The agent's configuration: every option is a flag with a `MEMMON_*` environment fallback
+//! (DESIGN.md's table), validated at start with errors that name the variable.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Result, bail};
+
+use crate::{
+    leaks::Thresholds,
+    tracer::{Capacity, TracerOptions},
+};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct AgentConfig {
+    /// Process to trace (repeat, or comma-separate in MEMMON_PID, for several).
+    #[arg(long = "pid", env = "MEMMON_PID", value_delimiter = ',', required = true, value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Address of the control API (and, later, /metrics). Loopback unless you mean otherwise.
+    #[arg(long, env = "MEMMON_LISTEN", default_value = "127.0.0.1:9464")]
+    pub listen: SocketAddr,
+    /// Seconds between snapshots of the kernel tables and /proc.
+    #[arg(long, env = "MEMMON_METRICS_UPDATE_INTERVAL", default_value = "15", value_parser = seconds("MEMMON_METRICS_UPDATE_INTERVAL"))]
+    pub metrics_update_interval: u64,
+    /// Seconds between leak checks.
+    #[arg(long, env = "MEMMON_LEAK_CHECK_INTERVAL", default_value = "60", value_parser = seconds("MEMMON_LEAK_CHECK_INTERVAL"))]
+    pub leak_check_interval: u64,
+    /// Run the leak detector.
+    #[arg(long, env = "MEMMON_LEAK_DETECTION_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leak_detection_enabled: bool,
+    /// Growth ratio of a process' RSS or heap over the window that counts as growth (0.2 = +20%).
+    #[arg(long, env = "MEMMON_LEAK_GROWTH_THRESHOLD", default_value = "0.2", allow_negative_numbers = true, value_parser = non_negative("MEMMON_LEAK_GROWTH_THRESHOLD"))]
+    pub leak_growth_threshold: f64,
+    /// Level (MiB) above which sustained growth is critical.
+    #[arg(long, env = "MEMMON_LEAK_MEMORY_THRESHOLD_MB", default_value = "100", allow_negative_numbers = true, value_parser = non_negative("MEMMON_LEAK_MEMORY_THRESHOLD_MB"))]
+    pub leak_memory_threshold_mb: f64,
+    /// Growth ratio of one site over its growth streak that counts as a leak (1.0 = doubled).
+    #[arg(long, env = "MEMMON_LEAK_SITE_GROWTH_THRESHOLD", default_value = "1.0", allow_negative_numbers = true, value_parser = non_negative("MEMMON_LEAK_SITE_GROWTH_THRESHOLD"))]
+    pub leak_site_growth_threshold: f64,
+    /// RSS (MiB) above which a process is reported at info level.
+    #[arg(long, env = "MEMMON_HIGH_USAGE_THRESHOLD_MB", default_value = "50", allow_negative_numbers = true, value_parser = non_negative("MEMMON_HIGH_USAGE_THRESHOLD_MB"))]
+    pub high_usage_threshold_mb: f64,
+    /// Seconds between live reports on stdout; 0 prints only the final report.
+    #[arg(long, env = "MEMMON_REPORT_INTERVAL", default_value_t = 5)]
+    pub report_interval: u64,
+    /// Sites per report and per memory summary.
+    #[arg(long, env = "MEMMON_TOP", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top: u64,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub duration: Option<u64>,
+    /// Capacity of the kernel's live-allocation table.
+    #[arg(long, env = "MEMMON_MAX_LIVE_ALLOCATIONS", default_value_t = memmon_common::DEFAULT_MAX_LIVE_ALLOCATIONS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_live_allocations: u32,
+    /// Capacity of the kernel's site (distinct stack) tables.
+    #[arg(long, env = "MEMMON_MAX_SITES", default_value_t = memmon_common::DEFAULT_MAX_SITES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sites: u32,
+    /// Move free-type probes past instructions the kernel would single-step, when provably
+    /// equivalent (false: probe every function at its entry).
+    #[arg(long, env = "MEMMON_OPTIMIZE_PROBE_SITES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub optimize_probe_sites: bool,
+    /// Directory for profiles (created 0700 if missing; must be writable).
+    #[arg(long, env = "MEMMON_PROFILING_OUTPUT_DIR", default_value = "/var/lib/memmon/profiles")]
+    pub profiling_output_dir: PathBuf,
+    /// Allow on-demand profiling sessions.
+    #[arg(long, env = "MEMMON_PROFILING_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub profiling_enabled: bool,
+}
+
+impl AgentConfig {
+    /// Checks what clap cannot: relations between options and the file system.
+    pub fn validate(&self) -> Result<()> {
+        if self.profiling_enabled {
+            let dir = &self.profiling_output_dir;
+            if let Err(err) = ensure_private_dir(dir) {
+                bail!(
+                    "MEMMON_PROFILING_OUTPUT_DIR (--profiling-output-dir) {} is not a usable directory: \
+                     {err}; choose a writable directory or set MEMMON_PROFILING_ENABLED=false",
+                    dir.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            growth_ratio: self.leak_growth_threshold,
+            memory_bytes: (self.leak_memory_threshold_mb * MIB) as u64,
+            site_growth_ratio: self.leak_site_growth_threshold,
+            high_usage_bytes: (self.high_usage_threshold_mb * MIB) as u64,
+        }
+    }
+
+    pub fn tracer_options(&self) -> TracerOptions {
+        TracerOptions {
+            capacity: Capacity { max_live_allocations: self.max_live_allocations, max_sites: self.max_sites },
+            optimize_probe_sites: self.optimize_probe_sites,
+            ..TracerOptions::default()
+        }
+    }
+
+    pub fn metrics_update_period(&self) -> Duration {
+        Duration::from_secs(self.metrics_update_interval)
+    }
+
+    pub fn leak_check_period(&self) -> Duration {
+        Duration::from_secs(self.leak_check_interval)
+    }
+}
+
+/// Creates `dir` (0700) if missing and proves it writable by creating and removing a file.
+fn ensure_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let probe = dir.join(format!(".memmon-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
+/// A whole number of seconds, at least 1.
+fn seconds(variable: &'static str) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+    move |text| match text.trim().parse::<u64>() {
+        Ok(0) => Err(format!("must be at least 1 second ({variable})")),
+        Ok(value) => Ok(value),
+        Err(_) => Err(format!("must be a whole number of seconds ({variable})")),
+    }
+}
+
+/// A finite number ≥ 0.
+fn non_negative(variable: &'static str) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |text| match text.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() && value >= 0.0 => Ok(value),
+        Ok(_) => Err(format!("must be a number ≥ 0 ({variable})")),
+        Err(_) => Err(format!("must be a number ({variable})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: AgentConfig,
+    }
+
+    fn parse(args: &[&str]) -> Result<AgentConfig, String> {
+        let mut argv = vec!["memmon", "--profiling-enabled", "false"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|cli| cli.config).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_follow_the_design_table() {
+        let config = parse(&["--pid", "1"]).unwrap();
+        assert_eq!(config.metrics_update_interval, 15);
+        assert_eq!(config.leak_check_interval, 60);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9464");
+        let thresholds = config.thresholds();
+        assert_eq!(thresholds.growth_ratio, 0.2);
+        assert_eq!(thresholds.memory_bytes, 100 * 1024 * 1024);
+        assert_eq!(thresholds.site_growth_ratio, 1.0);
+        assert_eq!(thresholds.high_usage_bytes, 50 * 1024 * 1024);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = parse(&["--pid", "1", "--leak-growth-threshold", "-0.5"]).unwrap_err();
+        assert!(err.contains("MEMMON_LEAK_GROWTH_THRESHOLD"), "{err}");
+        let err = parse(&["--pid", "1", "--leak-check-interval", "0"]).unwrap_err();
+        assert!(err.contains("at least 1 second (MEMMON_LEAK_CHECK_INTERVAL)"), "{err}");
+        let err = parse(&["--pid", "1", "--metrics-update-interval", "1.5"]).unwrap_err();
+        assert!(err.contains("MEMMON_METRICS_UPDATE_INTERVAL"), "{err}");
+    }
+
+    #[test]
+    fn one_second_intervals_are_accepted() {
+        let config = parse(&["--pid", "1,2", "--metrics-update-interval", "1", "--leak-check-interval", "1"]).unwrap();
+        assert_eq!(config.pids, [1, 2]);
+        assert_eq!(config.leak_check_period(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn unwritable_profile_directory_names_the_variable() {
+        let mut config = parse(&["--pid", "1"]).unwrap();
+        config.profiling_enabled = true;
+        config.profiling_output_dir = PathBuf::from("/proc/memmon-cannot-be-here");
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("MEMMON_PROFILING_OUTPUT_DIR"), "{err}");
+        config.profiling_enabled = false;
+        config.validate().unwrap();
+    }
+}

@@ -1,0 +1,153 @@
+//! The JSON the control API serves and the management commands read (DESIGN.md "contract":
+//! fields may be added, never renamed or removed).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::symbolize::Frame;
+
+/// A call stack, innermost frame first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Site {
+    pub frames: Vec<Frame>,
+}
+
+impl Site {
+    /// The allocating function (innermost frame), for one-line displays.
+    pub fn function(&self) -> &str {
+        self.frames.first().map_or("[unknown stack]", |f| f.function.as_str())
+    }
+
+    pub fn location(&self) -> String {
+        self.frames.first().map(Frame::location).unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub pid: u32,
+    pub comm: String,
+    pub alive: bool,
+    pub allocator: String,
+    pub object: String,
+    /// What is probed, e.g. "libc.so.6: malloc, calloc, …, free+3".
+    pub probes: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub attached: bool,
+    pub pids: Vec<u32>,
+    pub uptime_seconds: f64,
+    /// "exact": every allocation is tracked (no sampling).
+    pub mode: String,
+    pub events_lost: BTreeMap<String, u64>,
+    pub targets: Vec<TargetStatus>,
+    pub snapshots: u64,
+    pub last_snapshot_age_seconds: Option<f64>,
+    pub leak_detection_enabled: bool,
+    pub leak_checks: u64,
+    pub metrics_update_interval_seconds: u64,
+    pub leak_check_interval_seconds: u64,
+    pub listen: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeakIndicator {
+    /// "site_growth", "rss_growth", "heap_growth" or "high_usage".
+    pub kind: String,
+    /// "info", "warning" or "critical".
+    pub severity: String,
+    pub pid: u32,
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    pub growth_bytes: i64,
+    pub growth_bytes_per_second: f64,
+    pub growth_ratio: f64,
+    pub window_seconds: f64,
+    pub checks: u32,
+    pub summary: String,
+    /// The allocation site; null for process-wide indicators.
+    pub site: Option<Site>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Leaks {
+    pub leak_indicators: Vec<LeakIndicator>,
+    pub leak_detection_enabled: bool,
+    pub leak_checks: u64,
+    pub last_check_age_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SiteSummary {
+    pub site: Site,
+    pub pid: u32,
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    pub allocated_bytes: u64,
+    pub allocations: u64,
+}
+
+/// Live memory of one group (a size class or a module).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub name: String,
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProcessSummary {
+    pub pid: u32,
+    pub comm: String,
+    pub alive: bool,
+    pub rss_bytes: u64,
+    pub virtual_bytes: u64,
+    pub peak_rss_bytes: u64,
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    pub brk_heap_bytes: u64,
+    pub program_mapped_bytes: u64,
+    pub allocator_mapped_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemorySummary {
+    /// Live tracked allocations (the original API's name).
+    pub total_objects: u64,
+    pub live_bytes: u64,
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+    pub virtual_bytes: u64,
+    /// By live bytes, descending.
+    pub top_sites: Vec<SiteSummary>,
+    /// Live blocks by size (power-of-two classes), exact.
+    pub by_size_class: Vec<Bucket>,
+    /// Live bytes by the module of the allocating function.
+    pub by_module: Vec<Bucket>,
+    pub processes: Vec<ProcessSummary>,
+    pub events_lost: BTreeMap<String, u64>,
+    pub snapshot_age_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub name: String,
+    /// "ok", "degraded" or "failed".
+    pub status: String,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    /// "healthy", "degraded" or "failed"; the command's exit code is 0, 1 or 2.
+    pub status: String,
+    pub checks: Vec<HealthCheck>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
