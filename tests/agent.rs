@@ -191,6 +191,13 @@ fn a_steady_leak_is_flagged_within_three_checks_with_exact_bytes() {
     assert!(blocks > 0 && bytes == blocks * 1024, "every leaked block is 1024 bytes: {leak:#}");
     let rate = leak["growth_bytes_per_second"].as_f64().unwrap();
     assert!((5_000.0..20_000.0).contains(&rate), "about 10 KiB/s: {leak:#}");
+    let (code, text, _) = agent.command("check-leaks", &[]);
+    assert_eq!(code, 0);
+    let line = text.lines().find(|l| l.contains("leak_steadily (")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.starts_with("WARNING") || line.starts_with("CRITICAL"), "{text}");
+    let (code, text, _) = agent.command("check-leaks", &["--verbose"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("evidence: ") && text.contains("#0  leak_steadily"), "{text}");
     // Nothing else is a site leak, at any later check either.
     for indicator in indicators_after(&agent, 5) {
         if indicator["kind"] == "site_growth" {
