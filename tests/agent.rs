@@ -239,3 +239,20 @@ fn a_warm_up_that_plateaus_is_not_flagged_once_it_plateaus() {
 fn a_single_large_allocation_is_not_flagged() {
     never_flagged("single", 6);
 }
+
+#[test]
+fn health_check_is_degraded_when_the_live_table_is_nearly_full() {
+    require_root();
+    let mut target = Target::start("ground_truth");
+    let agent = Agent::start(target.pid(), &["--max-live-allocations", "105"]);
+    target.run("leak");
+    agent.json("update-metrics");
+    let (code, text, _) = agent.command("health-check", &[]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.starts_with("memmon agent: degraded"), "{text}");
+    assert!(text.contains("degraded  tables") && text.contains("live table 100/105"), "{text}");
+    let (code, json, _) = agent.command("health-check", &["--format", "json"]);
+    assert_eq!(code, 1, "the exit code does not depend on the format");
+    let health: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(health["status"], "degraded");
+}
