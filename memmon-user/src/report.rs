@@ -117,8 +117,8 @@ impl Report<'_> {
 fn site_table(out: &mut String, sites: &[SiteView]) {
     let _ = writeln!(
         out,
-        "  {:>10} {:>12} {:>8} {:>10} {:>8}  {}",
-        "LIVE", "LIVE BYTES", "BLOCKS", "ALLOCATED", "ALLOCS", "FUNCTION  (LOCATION)  ← CALLERS"
+        "  {:>10} {:>12} {:>8} {:>10} {:>8}  FUNCTION  (LOCATION)  ← CALLERS",
+        "LIVE", "LIVE BYTES", "BLOCKS", "ALLOCATED", "ALLOCS"
     );
     for site in sites {
         let callers = site.callers(2);
