@@ -26,6 +26,12 @@ pub struct AgentConfig {
     /// Seconds between leak checks.
     #[arg(long, env = "MEMMON_LEAK_CHECK_INTERVAL", default_value = "60", value_parser = seconds("MEMMON_LEAK_CHECK_INTERVAL"))]
     pub leak_check_interval: u64,
+    /// Serve Prometheus metrics on /metrics.
+    #[arg(long, env = "MEMMON_PROMETHEUS_METRICS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prometheus_metrics_enabled: bool,
+    /// How many sites (by live bytes) get their own series in /metrics.
+    #[arg(long, env = "MEMMON_METRICS_TOP_SITES", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub metrics_top_sites: u64,
     /// Run the leak detector.
     #[arg(long, env = "MEMMON_LEAK_DETECTION_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub leak_detection_enabled: bool,

@@ -8,8 +8,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-/// The eBPF build needs LLVM 22; the integration tests need compilers for their targets and the
-/// third-party allocators they run those targets under (LD_PRELOAD).
+/// The eBPF build needs LLVM 22; the integration tests need compilers for their targets, the
+/// third-party allocators they run those targets under (LD_PRELOAD), and Prometheus (promtool
+/// checks the agent's /metrics).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -18,6 +19,7 @@ const APT_PACKAGES: &[&str] = &[
     "libjemalloc2",
     "libtcmalloc-minimal4",
     "libmimalloc2.0",
+    "prometheus",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -20,6 +20,7 @@ pub async fn serve(listener: tokio::net::TcpListener, agent: Handle) {
         .route("/leaks", get(leaks))
         .route("/memory-summary", get(memory_summary))
         .route("/update-metrics", post(update_metrics))
+        .route("/metrics", get(prometheus_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(agent);
@@ -88,6 +89,21 @@ async fn memory_summary(State(agent): State<Handle>) -> Response {
         agent.memory_summary()
     })
     .await
+}
+
+/// The Prometheus text exposition (404 when MEMMON_PROMETHEUS_METRICS_ENABLED=false).
+async fn prometheus_metrics(State(agent): State<Handle>) -> Response {
+    let rendered = agent
+        .with(|agent| agent.config().prometheus_metrics_enabled.then(|| super::metrics::render(agent)))
+        .await;
+    match rendered {
+        Ok(Some(Ok(text))) => {
+            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, "metrics are disabled (MEMMON_PROMETHEUS_METRICS_ENABLED=false)"),
+        Ok(Some(Err(err))) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),
+        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")),
+    }
 }
 
 async fn update_metrics(State(agent): State<Handle>) -> Response {

@@ -3,6 +3,7 @@
 //! report, until SIGINT/SIGTERM or `--duration`.
 
 mod api;
+mod metrics;
 pub mod report;
 pub mod state;
 

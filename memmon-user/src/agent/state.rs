@@ -35,6 +35,8 @@ pub struct Agent {
     indicators: Vec<LeakIndicator>,
     leak_checks: u64,
     last_check_at: Option<Instant>,
+    /// Indicators reported so far, by (kind, severity): memmon_leaks_detected_total.
+    leaks_detected: BTreeMap<(String, String), u64>,
 }
 
 impl Agent {
@@ -63,6 +65,7 @@ impl Agent {
             indicators: Vec::new(),
             leak_checks: 0,
             last_check_at: None,
+            leaks_detected: BTreeMap::new(),
         };
         agent.refresh()?;
         Ok(agent)
@@ -170,6 +173,9 @@ impl Agent {
         self.indicators.sort_by(|a, b| {
             severity_rank(&b.severity).cmp(&severity_rank(&a.severity)).then(b.live_bytes.cmp(&a.live_bytes))
         });
+        for indicator in &self.indicators {
+            *self.leaks_detected.entry((indicator.kind.clone(), indicator.severity.clone())).or_default() += 1;
+        }
         self.leak_checks += 1;
         self.last_check_at = Some(Instant::now());
     }
@@ -350,6 +356,16 @@ impl Agent {
             "healthy"
         };
         wire::Health { status: status.into(), checks }
+    }
+
+    /// Indicators reported so far, by (kind, severity).
+    pub fn leaks_detected(&self) -> &BTreeMap<(String, String), u64> {
+        &self.leaks_detected
+    }
+
+    /// Whether each target is still running, and its latest /proc memory.
+    pub fn process_memory(&self, pid: u32) -> (bool, MemoryStatus) {
+        (self.alive.get(&pid).copied().unwrap_or(false), self.memory.get(&pid).copied().unwrap_or_default())
     }
 
     fn events_lost(&self) -> BTreeMap<String, u64> {

@@ -1,0 +1,143 @@
+//! `/metrics`: the agent's state in the Prometheus text format.
+//!
+//! Names follow Prometheus conventions (prefix `memmon_`, base units, `_total` counters) and
+//! labels stay bounded: pid and comm per target, reason, kind and severity from fixed sets, and
+//! `site` only for the top MEMMON_METRICS_TOP_SITES sites by live bytes, never raw stacks. The
+//! registry is built afresh per scrape from the agent's latest snapshot, so values are those of
+//! one moment and a site that leaves the top K leaves the output.
+
+use anyhow::Result;
+use prometheus::{Counter, Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use super::state::Agent;
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec> {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+/// Clamps to the i64 range Prometheus' integer gauges hold.
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub fn render(agent: &mut Agent) -> Result<String> {
+    let registry = Registry::new();
+    let target_labels = ["pid", "comm"];
+    let resident = gauge(&registry, "memmon_process_resident_memory_bytes", "Resident memory (VmRSS) of the target process.", &target_labels)?;
+    let virtual_memory = gauge(&registry, "memmon_process_virtual_memory_bytes", "Virtual memory (VmSize) of the target process.", &target_labels)?;
+    let peak = gauge(&registry, "memmon_process_peak_resident_memory_bytes", "Peak resident memory (VmHWM) of the target process.", &target_labels)?;
+    let live_bytes = gauge(&registry, "memmon_heap_live_bytes", "Bytes allocated since attach and not yet freed.", &target_labels)?;
+    let live_allocations = gauge(&registry, "memmon_heap_live_allocations", "Blocks allocated since attach and not yet freed.", &target_labels)?;
+    let allocated = counter(&registry, "memmon_allocated_bytes_total", "Bytes allocated since attach.", &target_labels)?;
+    let allocations = counter(&registry, "memmon_allocations_total", "Allocations since attach.", &target_labels)?;
+    let freed = counter(&registry, "memmon_freed_bytes_total", "Bytes of tracked blocks freed since attach.", &target_labels)?;
+    let frees = counter(&registry, "memmon_frees_total", "Tracked blocks freed since attach.", &target_labels)?;
+    let brk = gauge(&registry, "memmon_brk_heap_bytes", "Size of the brk heap.", &target_labels)?;
+    let mapped = gauge(&registry, "memmon_anonymous_mapped_bytes", "Anonymous mappings made since attach and still mapped, by owner (program or allocator).", &["pid", "comm", "owner"])?;
+    let alive = gauge(&registry, "memmon_target_up", "1 while the target process runs, 0 once it has exited.", &target_labels)?;
+    let info = gauge(&registry, "memmon_target_info", "The target process and the allocator memmon probes in it (value 1).", &["pid", "comm", "allocator", "object"])?;
+    let probes = gauge(&registry, "memmon_probes_attached", "Allocator probes attached to the target process.", &target_labels)?;
+    let site_bytes = gauge(&registry, "memmon_site_live_bytes", "Live bytes of the top allocation sites by live bytes.", &["pid", "comm", "site"])?;
+    let site_allocations = gauge(&registry, "memmon_site_live_allocations", "Live blocks of the top allocation sites by live bytes.", &["pid", "comm", "site"])?;
+    let lost = counter(&registry, "memmon_events_lost_total", "Events memmon could not account for, by reason; a non-zero rate means numbers may be low.", &["reason"])?;
+    let leaks = counter(&registry, "memmon_leaks_detected_total", "Leak indicators reported by the leak checks, by kind and severity.", &["kind", "severity"])?;
+    let leak_checks = counter(&registry, "memmon_leak_checks_total", "Leak checks run.", &[])?;
+    let cache = counter(&registry, "memmon_symbolizer_cache_requests_total", "Symbolizer lookups of stack addresses, by result (hit or miss).", &["result"])?;
+    let agent_cpu = Counter::with_opts(Opts::new("memmon_agent_cpu_seconds_total", "CPU time used by the memmon agent itself."))?;
+    registry.register(Box::new(agent_cpu.clone()))?;
+    let agent_memory = gauge(&registry, "memmon_agent_resident_memory_bytes", "Resident memory of the memmon agent itself.", &[])?;
+
+    let snapshot = agent.snapshot().clone();
+    let top_k = agent.config().metrics_top_sites as usize;
+    for target in agent.tracer().targets() {
+        let pid = target.process.pid;
+        let pid_label = pid.to_string();
+        let labels = [pid_label.as_str(), target.process.comm.as_str()];
+        let (running, memory) = agent.process_memory(pid);
+        resident.with_label_values(&labels).set(int(memory.rss_bytes));
+        virtual_memory.with_label_values(&labels).set(int(memory.virtual_bytes));
+        peak.with_label_values(&labels).set(int(memory.peak_rss_bytes));
+        alive.with_label_values(&labels).set(i64::from(running));
+        info.with_label_values(&[labels[0], labels[1], target.allocator.name, target.allocator.object()]).set(1);
+        let probe_count: usize = target.allocator.objects.iter().map(|o| o.sites.len()).sum();
+        probes.with_label_values(&labels).set(int(probe_count as u64));
+        let sites = snapshot.sites.iter().filter(|s| s.pid == pid);
+        let (mut bytes, mut blocks, mut stats) = (0u64, 0u64, memmon_common::SiteStats::default());
+        for site in sites {
+            bytes += site.live_bytes();
+            blocks += site.live_count();
+            stats.alloc_bytes += site.stats.alloc_bytes;
+            stats.alloc_count += site.stats.alloc_count;
+            stats.free_bytes += site.stats.free_bytes;
+            stats.free_count += site.stats.free_count;
+        }
+        live_bytes.with_label_values(&labels).set(int(bytes));
+        live_allocations.with_label_values(&labels).set(int(blocks));
+        allocated.with_label_values(&labels).inc_by(stats.alloc_bytes);
+        allocations.with_label_values(&labels).inc_by(stats.alloc_count);
+        freed.with_label_values(&labels).inc_by(stats.free_bytes);
+        frees.with_label_values(&labels).inc_by(stats.free_count);
+        if let Some(process) = snapshot.processes.iter().find(|p| p.pid == pid) {
+            brk.with_label_values(&labels).set(int(process.brk_heap_bytes()));
+            mapped.with_label_values(&[labels[0], labels[1], "program"]).set(int(process.program_mapped_bytes()));
+            mapped.with_label_values(&[labels[0], labels[1], "allocator"]).set(int(process.allocator_mapped_bytes()));
+        }
+    }
+    let comms: std::collections::HashMap<u32, String> =
+        agent.tracer().targets().iter().map(|t| (t.process.pid, t.process.comm.clone())).collect();
+    for site in snapshot.top_live(top_k) {
+        let frame = agent.symbolizer().frames(site.pid, &site.frames[..site.frames.len().min(1)]);
+        let name = match frame.first() {
+            Some(frame) => format!("{} ({}) #{:06x}", frame.function, frame.location(), site.id & 0xff_ffff),
+            None => format!("[unknown stack] #{:06x}", site.id & 0xff_ffff),
+        };
+        let name: String = name.chars().take(160).collect();
+        let pid = site.pid.to_string();
+        let comm = comms.get(&site.pid).cloned().unwrap_or_default();
+        site_bytes.with_label_values(&[&pid, &comm, &name]).set(int(site.live_bytes()));
+        site_allocations.with_label_values(&[&pid, &comm, &name]).set(int(site.live_count()));
+    }
+    for (reason, count) in &snapshot.losses {
+        lost.with_label_values(&[reason]).inc_by(*count);
+    }
+    for ((kind, severity), count) in agent.leaks_detected() {
+        leaks.with_label_values(&[kind, severity]).inc_by(*count);
+    }
+    leak_checks.with_label_values(&[] as &[&str]).inc_by(agent.status().leak_checks);
+    let symbolizer = agent.symbolizer();
+    cache.with_label_values(&["hit"]).inc_by(symbolizer.hits);
+    cache.with_label_values(&["miss"]).inc_by(symbolizer.misses);
+    let (cpu_seconds, rss) = own_usage();
+    agent_cpu.inc_by(cpu_seconds);
+    agent_memory.with_label_values(&[] as &[&str]).set(int(rss));
+
+    let mut text = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut text)?;
+    Ok(String::from_utf8(text)?)
+}
+
+/// The agent's own CPU seconds and resident bytes, from /proc/self.
+fn own_usage() -> (f64, u64) {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after comm.
+            Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .map(|s| crate::process::MemoryStatus::parse(&s).rss_bytes)
+        .unwrap_or(0);
+    (cpu, rss)
+}

@@ -1,0 +1,91 @@
+//! The agent's /metrics: exact values, Prometheus' own checker, and bounded cardinality.
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+};
+
+use memmon_tests::{Agent, Target, http, require_root};
+
+/// The value of the one series whose name and labels contain all of `parts`.
+fn value(metrics: &str, parts: &[&str]) -> f64 {
+    let lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && parts.iter().all(|p| l.contains(p)))
+        .collect();
+    assert_eq!(lines.len(), 1, "{parts:?} matched {lines:?}");
+    lines[0].rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn metrics_are_exact_and_pass_promtool() {
+    require_root();
+    let mut target = Target::start("ground_truth");
+    let agent = Agent::start(target.pid(), &["--metrics-update-interval", "1", "--leak-check-interval", "1"]);
+    target.run("leak");
+    target.run("churn");
+    agent.json("update-metrics");
+    let (status, metrics) = http(&agent.url, "GET /metrics");
+    assert_eq!(status, 200, "{metrics}");
+
+    let pid = format!("pid=\"{}\"", target.pid());
+    assert_eq!(value(&metrics, &["memmon_heap_live_bytes{", &pid]), 104_950.0);
+    assert_eq!(value(&metrics, &["memmon_heap_live_allocations{", &pid]), 100.0);
+    assert_eq!(value(&metrics, &["memmon_allocations_total{", &pid]), 5_100.0);
+    assert_eq!(value(&metrics, &["memmon_allocated_bytes_total{", &pid]), 104_950.0 + 352_000.0);
+    assert_eq!(value(&metrics, &["memmon_frees_total{", &pid]), 5_000.0);
+    assert_eq!(value(&metrics, &["memmon_site_live_bytes{", "site=\"leak_exactly ("]), 104_950.0);
+    assert!(value(&metrics, &["memmon_process_resident_memory_bytes{", &pid]) > 0.0);
+    assert_eq!(value(&metrics, &["memmon_target_info{", "allocator=\"glibc\""]), 1.0);
+    assert_eq!(value(&metrics, &["memmon_events_lost_total{", "reason=\"live_table_full\""]), 0.0);
+    for name in ["memmon_process_peak_resident_memory_bytes", "memmon_probes_attached", "memmon_agent_cpu_seconds_total", "memmon_symbolizer_cache_requests_total", "memmon_brk_heap_bytes"] {
+        assert!(metrics.contains(&format!("# HELP {name} ")), "{name} missing or without HELP");
+    }
+
+    // Prometheus' own linter: no complaints at all.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; cargo xtask setup installs it)");
+    promtool.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let complaints = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && complaints.trim().is_empty(), "promtool: {complaints}");
+}
+
+#[test]
+fn ten_thousand_sites_give_a_bounded_number_of_series() {
+    require_root();
+    let mut target = Target::start("many_sites");
+    let agent = Agent::start(target.pid(), &["--metrics-update-interval", "1"]);
+    target.run("sites 10000");
+    let summary = agent.json("update-metrics");
+    assert_eq!(summary["total_objects"], 10_000, "one block per site");
+    let (status, metrics) = http(&agent.url, "GET /metrics");
+    assert_eq!(status, 200);
+    let series = |name: &str| metrics.lines().filter(|l| l.starts_with(&format!("{name}{{"))).count();
+    assert_eq!(series("memmon_site_live_bytes"), 20, "the default top-K");
+    assert_eq!(series("memmon_site_live_allocations"), 20);
+    let total = metrics.lines().filter(|l| !l.starts_with('#')).count();
+    assert!(total < 100, "{total} series for 10000 sites");
+
+    drop(agent);
+    let agent = Agent::start(target.pid(), &["--metrics-top-sites", "5"]);
+    target.run("sites 100");
+    agent.json("update-metrics");
+    let (_, metrics) = http(&agent.url, "GET /metrics");
+    assert_eq!(metrics.lines().filter(|l| l.starts_with("memmon_site_live_bytes{")).count(), 5);
+}
+
+#[test]
+fn metrics_can_be_disabled() {
+    require_root();
+    let target = Target::start("ground_truth");
+    let agent = Agent::start(target.pid(), &["--prometheus-metrics-enabled", "false"]);
+    let (status, body) = http(&agent.url, "GET /metrics");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("MEMMON_PROMETHEUS_METRICS_ENABLED"), "{body}");
+}
