@@ -288,13 +288,18 @@ impl Drop for Agent {
 /// One HTTP/1.1 request over a plain socket (no client library: the tests check the wire).
 /// Returns (status, body).
 pub fn http(url: &str, request_line: &str) -> (u16, String) {
+    try_http(url, request_line).unwrap_or_else(|err| panic!("{url}: {err}"))
+}
+
+/// `http`, for a server that may not be listening yet.
+pub fn try_http(url: &str, request_line: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read as _, Write as _};
     let address = url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(stream, "{request_line} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut stream = std::net::TcpStream::connect(address)?;
+    write!(stream, "{request_line} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    stream.read_to_string(&mut response)?;
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }

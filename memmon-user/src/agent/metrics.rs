@@ -48,7 +48,7 @@ pub fn render(agent: &mut Agent) -> Result<String> {
     let site_bytes = gauge(&registry, "memmon_site_live_bytes", "Live bytes of the top allocation sites by live bytes.", &["pid", "comm", "site"])?;
     let site_allocations = gauge(&registry, "memmon_site_live_allocations", "Live blocks of the top allocation sites by live bytes.", &["pid", "comm", "site"])?;
     let lost = counter(&registry, "memmon_events_lost_total", "Events memmon could not account for, by reason; a non-zero rate means numbers may be low.", &["reason"])?;
-    let leaks = counter(&registry, "memmon_leaks_detected_total", "Leak indicators reported by the leak checks, by kind and severity.", &["kind", "severity"])?;
+    let leaks = counter(&registry, "memmon_leaks_detected_total", "Leak indicators reported by the leak checks, by process, kind and severity.", &["pid", "comm", "kind", "severity"])?;
     let leak_checks = counter(&registry, "memmon_leak_checks_total", "Leak checks run.", &[])?;
     let cache = counter(&registry, "memmon_symbolizer_cache_requests_total", "Symbolizer lookups of stack addresses, by result (hit or miss).", &["result"])?;
     let agent_cpu = Counter::with_opts(Opts::new("memmon_agent_cpu_seconds_total", "CPU time used by the memmon agent itself."))?;
@@ -108,8 +108,9 @@ pub fn render(agent: &mut Agent) -> Result<String> {
     for (reason, count) in &snapshot.losses {
         lost.with_label_values(&[reason]).inc_by(*count);
     }
-    for ((kind, severity), count) in agent.leaks_detected() {
-        leaks.with_label_values(&[kind, severity]).inc_by(*count);
+    for ((pid, kind, severity), count) in agent.leaks_detected() {
+        let comm = comms.get(pid).cloned().unwrap_or_default();
+        leaks.with_label_values(&[&pid.to_string(), &comm, kind, severity]).inc_by(*count);
     }
     leak_checks.with_label_values(&[] as &[&str]).inc_by(agent.status().leak_checks);
     let symbolizer = agent.symbolizer();

@@ -35,8 +35,8 @@ pub struct Agent {
     indicators: Vec<LeakIndicator>,
     leak_checks: u64,
     last_check_at: Option<Instant>,
-    /// Indicators reported so far, by (kind, severity): memmon_leaks_detected_total.
-    leaks_detected: BTreeMap<(String, String), u64>,
+    /// Indicators reported so far, by (pid, kind, severity): memmon_leaks_detected_total.
+    leaks_detected: BTreeMap<(u32, String, String), u64>,
 }
 
 impl Agent {
@@ -174,7 +174,8 @@ impl Agent {
             severity_rank(&b.severity).cmp(&severity_rank(&a.severity)).then(b.live_bytes.cmp(&a.live_bytes))
         });
         for indicator in &self.indicators {
-            *self.leaks_detected.entry((indicator.kind.clone(), indicator.severity.clone())).or_default() += 1;
+            let key = (indicator.pid, indicator.kind.clone(), indicator.severity.clone());
+            *self.leaks_detected.entry(key).or_default() += 1;
         }
         self.leak_checks += 1;
         self.last_check_at = Some(Instant::now());
@@ -358,8 +359,8 @@ impl Agent {
         wire::Health { status: status.into(), checks }
     }
 
-    /// Indicators reported so far, by (kind, severity).
-    pub fn leaks_detected(&self) -> &BTreeMap<(String, String), u64> {
+    /// Indicators reported so far, by (pid, kind, severity).
+    pub fn leaks_detected(&self) -> &BTreeMap<(u32, String, String), u64> {
         &self.leaks_detected
     }
 
