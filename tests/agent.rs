@@ -2,8 +2,6 @@
 //! the API's errors, and the leak detector's verdicts on real memory patterns.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
     thread,
     time::{Duration, Instant},
 };
@@ -88,14 +86,8 @@ fn every_command_in_both_formats() {
 }
 
 fn raw_http(url: &str, request_line: &str) -> (u16, Value) {
-    let address = url.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(address).unwrap();
-    write!(stream, "{request_line} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    let (status, body) = memmon_tests::http(url, request_line);
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 #[test]

@@ -38,6 +38,16 @@ fn metrics_are_exact_and_pass_promtool() {
     assert!(value(&metrics, &["memmon_process_resident_memory_bytes{", &pid]) > 0.0);
     assert_eq!(value(&metrics, &["memmon_target_info{", "allocator=\"glibc\""]), 1.0);
     assert_eq!(value(&metrics, &["memmon_events_lost_total{", "reason=\"live_table_full\""]), 0.0);
+    // 100 blocks of 1000..1099 bytes and 5000 churn blocks of 64, 64, 32, 64 and 128 bytes:
+    // 25 of the leak's are ≤ 1024, 75 are ≤ 2048.
+    assert_eq!(value(&metrics, &["memmon_allocation_size_bytes_bucket{", "le=\"32\""]), 1_000.0);
+    assert_eq!(value(&metrics, &["memmon_allocation_size_bytes_bucket{", "le=\"64\""]), 4_000.0);
+    assert_eq!(value(&metrics, &["memmon_allocation_size_bytes_bucket{", "le=\"128\""]), 5_000.0);
+    assert_eq!(value(&metrics, &["memmon_allocation_size_bytes_bucket{", "le=\"1024\""]), 5_025.0);
+    assert_eq!(value(&metrics, &["memmon_allocation_size_bytes_bucket{", "le=\"2048\""]), 5_100.0);
+    assert_eq!(value(&metrics, &["memmon_allocation_size_bytes_bucket{", "le=\"+Inf\""]), 5_100.0);
+    assert_eq!(value(&metrics, &["memmon_allocation_size_bytes_count"]), 5_100.0);
+    assert_eq!(value(&metrics, &["memmon_allocation_size_bytes_sum"]), 456_950.0);
     for name in ["memmon_process_peak_resident_memory_bytes", "memmon_probes_attached", "memmon_agent_cpu_seconds_total", "memmon_symbolizer_cache_requests_total", "memmon_brk_heap_bytes"] {
         assert!(metrics.contains(&format!("# HELP {name} ")), "{name} missing or without HELP");
     }
@@ -69,8 +79,9 @@ fn ten_thousand_sites_give_a_bounded_number_of_series() {
     let series = |name: &str| metrics.lines().filter(|l| l.starts_with(&format!("{name}{{"))).count();
     assert_eq!(series("memmon_site_live_bytes"), 20, "the default top-K");
     assert_eq!(series("memmon_site_live_allocations"), 20);
+    // A fixed set per target and per reason, 43 for the size histogram, and 2 x K for sites.
     let total = metrics.lines().filter(|l| !l.starts_with('#')).count();
-    assert!(total < 100, "{total} series for 10000 sites");
+    assert!(total < 150, "{total} series for 10000 sites");
 
     drop(agent);
     let agent = Agent::start(target.pid(), &["--metrics-top-sites", "5"]);

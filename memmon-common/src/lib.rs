@@ -133,6 +133,30 @@ pub struct ProcessMemory {
     pub brk: u64,
 }
 
+/// Allocation-size histogram: bucket `i` counts allocations of at most 2^i bytes
+/// (i < SIZE_BUCKETS - 1); the last bucket counts the rest. The entry after the buckets holds
+/// the sum of the sizes.
+pub const SIZE_BUCKETS: usize = 41;
+pub const SIZE_HISTOGRAM_ENTRIES: u32 = SIZE_BUCKETS as u32 + 1;
+
+/// The histogram bucket of an allocation of `size` bytes: ceil(log2(size)), capped.
+/// Branches and shifts only (BPF has no count-leading-zeros instruction).
+#[inline(always)]
+pub fn size_bucket(size: u64) -> u32 {
+    let mut rest = size.saturating_sub(1);
+    let mut bucket = 0;
+    for shift in [32u32, 16, 8, 4, 2, 1] {
+        if rest >> shift != 0 {
+            rest >>= shift;
+            bucket += shift;
+        }
+    }
+    if rest != 0 {
+        bucket += 1;
+    }
+    if bucket as usize >= SIZE_BUCKETS - 1 { SIZE_BUCKETS as u32 - 1 } else { bucket }
+}
+
 /// Site id recorded for mappings the allocator made (they have no program stack of their own).
 pub const ALLOCATOR_SITE: u64 = 0;
 
@@ -210,4 +234,24 @@ mod pod {
     unsafe impl aya::Pod for StackTrace {}
     unsafe impl aya::Pod for PendingSyscall {}
     unsafe impl aya::Pod for ProcessMemory {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_buckets_are_ceil_log2() {
+        assert_eq!(size_bucket(0), 0);
+        assert_eq!(size_bucket(1), 0);
+        assert_eq!(size_bucket(2), 1);
+        assert_eq!(size_bucket(3), 2);
+        assert_eq!(size_bucket(4), 2);
+        assert_eq!(size_bucket(5), 3);
+        assert_eq!(size_bucket(1024), 10);
+        assert_eq!(size_bucket(1025), 11);
+        assert_eq!(size_bucket(1 << 39), 39);
+        assert_eq!(size_bucket((1 << 39) + 1), 40);
+        assert_eq!(size_bucket(u64::MAX), 40);
+    }
 }

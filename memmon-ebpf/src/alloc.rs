@@ -6,11 +6,11 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     programs::{ProbeContext, RetProbeContext},
 };
-use memmon_common::{AllocKind, LiveAlloc, LiveKey, Loss, PendingCall, SiteStats};
+use memmon_common::{AllocKind, LiveAlloc, LiveKey, Loss, PendingCall, SIZE_BUCKETS, SiteStats, size_bucket};
 
 use crate::{
     counters::{add, lose},
-    maps::{ARMED, LIVE, PENDING, SITES},
+    maps::{ARMED, LIVE, PENDING, SITES, SIZE_HISTOGRAM},
     stack,
 };
 
@@ -222,6 +222,12 @@ fn record(regs: stack::UserRegs, tgid: u32, addr: u64, size: u64) {
     let stats = unsafe { &mut *stats };
     add(&mut stats.alloc_bytes, size);
     add(&mut stats.alloc_count, 1);
+    if let Some(bucket) = SIZE_HISTOGRAM.get_ptr_mut(size_bucket(size)) {
+        add(bucket, 1);
+    }
+    if let Some(sum) = SIZE_HISTOGRAM.get_ptr_mut(SIZE_BUCKETS as u32) {
+        add(sum, size);
+    }
 }
 
 #[inline(always)]

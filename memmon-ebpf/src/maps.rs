@@ -8,7 +8,7 @@ use aya_ebpf::{
 use memmon_common::{
     DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, LOSS_REASONS, LiveAlloc, LiveKey,
     MAX_MAPPINGS, MAX_PENDING_CALLS, MAX_TARGETS, PendingCall, PendingSyscall, ProcessMemory,
-    SiteStats, StackTrace,
+    SIZE_HISTOGRAM_ENTRIES, SiteStats, StackTrace,
 };
 
 /// Allocator calls in flight: one slot per thread (`pid_tgid`), reused call after call; a
@@ -65,3 +65,7 @@ pub static MAPPINGS: HashMap<LiveKey, LiveAlloc> =
 #[map]
 pub static MAPPING_SITES: HashMap<u64, SiteStats> =
     HashMap::with_max_entries(DEFAULT_MAX_SITES, BPF_F_NO_PREALLOC);
+
+/// Sizes of the tracked allocations (all targets): counts per power-of-two bucket, then the sum.
+#[map]
+pub static SIZE_HISTOGRAM: Array<u64> = Array::with_max_entries(SIZE_HISTOGRAM_ENTRIES, 0);

@@ -60,6 +60,10 @@ pub struct Snapshot {
     /// Sites of the anonymous mappings the program made itself (mmap outside the allocator).
     pub mapping_sites: Vec<SiteSample>,
     pub processes: Vec<ProcessSample>,
+    /// Tracked allocations by size (all targets): counts per power-of-two bucket (bucket i:
+    /// at most 2^i bytes; the last: larger), and the sum of the sizes.
+    pub size_buckets: Vec<u64>,
+    pub size_sum: u64,
     /// Loss counters by reason (every reason present, zero included).
     pub losses: BTreeMap<&'static str, u64>,
 }

@@ -285,7 +285,7 @@ impl Drop for Agent {
     }
 }
 
-/// One HTTP/1.1 request over a plain socket (no client library: the tests check the wire).
+/// One HTTP request over a plain socket (no client library: the tests check the wire).
 /// Returns (status, body).
 pub fn http(url: &str, request_line: &str) -> (u16, String) {
     try_http(url, request_line).unwrap_or_else(|err| panic!("{url}: {err}"))
@@ -296,7 +296,8 @@ pub fn try_http(url: &str, request_line: &str) -> std::io::Result<(u16, String)>
     use std::io::{Read as _, Write as _};
     let address = url.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(address)?;
-    write!(stream, "{request_line} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")?;
+    // HTTP/1.0: the answer comes whole (no chunked encoding to undo), then the connection closes.
+    write!(stream, "{request_line} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);

@@ -7,7 +7,10 @@
 //! one moment and a site that leaves the top K leaves the output.
 
 use anyhow::Result;
-use prometheus::{Counter, Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Counter, Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    proto::{self, MetricFamily},
+};
 
 use super::state::Agent;
 
@@ -120,9 +123,39 @@ pub fn render(agent: &mut Agent) -> Result<String> {
     agent_cpu.inc_by(cpu_seconds);
     agent_memory.with_label_values(&[] as &[&str]).set(int(rss));
 
+    let mut families = registry.gather();
+    families.push(size_histogram(&snapshot.size_buckets, snapshot.size_sum));
+    families.sort_by(|a, b| a.name().cmp(b.name()));
     let mut text = Vec::new();
-    TextEncoder::new().encode(&registry.gather(), &mut text)?;
+    TextEncoder::new().encode(&families, &mut text)?;
     Ok(String::from_utf8(text)?)
+}
+
+/// `memmon_allocation_size_bytes`, a histogram of the kernel's power-of-two size buckets (built
+/// by hand: the counts are the kernel's, not observed here one by one).
+fn size_histogram(buckets: &[u64], sum: u64) -> MetricFamily {
+    let mut histogram = proto::Histogram::default();
+    let mut cumulative = 0u64;
+    let mut out = Vec::new();
+    for (i, count) in buckets.iter().enumerate().take(buckets.len().saturating_sub(1)) {
+        cumulative += count;
+        let mut bucket = proto::Bucket::default();
+        bucket.set_upper_bound((1u64 << i) as f64);
+        bucket.set_cumulative_count(cumulative);
+        out.push(bucket);
+    }
+    cumulative += buckets.last().copied().unwrap_or(0);
+    histogram.set_bucket(out);
+    histogram.set_sample_count(cumulative);
+    histogram.set_sample_sum(sum as f64);
+    let mut metric = proto::Metric::default();
+    metric.set_histogram(histogram);
+    let mut family = MetricFamily::default();
+    family.set_name("memmon_allocation_size_bytes".into());
+    family.set_help("Sizes of the allocations tracked since attach, all targets together (power-of-two buckets).".into());
+    family.set_field_type(proto::MetricType::HISTOGRAM);
+    family.set_metric(vec![metric]);
+    family
 }
 
 /// The agent's own CPU seconds and resident bytes, from /proc/self.
