@@ -24,9 +24,15 @@ fn metrics_are_exact_and_pass_promtool() {
     let agent = Agent::start(target.pid(), &["--metrics-update-interval", "1", "--leak-check-interval", "1"]);
     target.run("leak");
     target.run("churn");
+    std::thread::sleep(std::time::Duration::from_secs(2));
     agent.json("update-metrics");
     let (status, metrics) = http(&agent.url, "GET /metrics");
     assert_eq!(status, 200, "{metrics}");
+    // Age of live memory: the leak's blocks were made over 2 s ago (and well under a minute).
+    let age = value(&metrics, &["memmon_site_live_mean_age_seconds{", "site=\"leak_exactly ("]);
+    assert!((2.0..60.0).contains(&age), "site age {age}");
+    let age = value(&metrics, &["memmon_heap_live_mean_age_seconds{", &format!("pid=\"{}\"", target.pid())]);
+    assert!((2.0..60.0).contains(&age), "heap age {age}");
 
     let pid = format!("pid=\"{}\"", target.pid());
     assert_eq!(value(&metrics, &["memmon_heap_live_bytes{", &pid]), 104_950.0);

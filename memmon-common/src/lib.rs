@@ -78,7 +78,14 @@ pub struct SiteStats {
     pub alloc_count: u64,
     pub free_bytes: u64,
     pub free_count: u64,
+    /// Sum of the allocation times (CLOCK_MONOTONIC, in units of 2^20 ns ≈ 1 ms) of the live
+    /// blocks: added at allocation, subtracted at free (wrapping), so that with the live count
+    /// it gives the mean age of the live blocks exactly. Heap sites only.
+    pub live_birth_sum: u64,
 }
+
+/// The unit of `SiteStats::live_birth_sum`: 2^20 ns (a shift, not a division, in BPF).
+pub const BIRTH_UNIT_SHIFT: u32 = 20;
 
 /// The user call stack of a site, innermost frame first; only `ips[..depth]` is meaningful.
 #[repr(C)]

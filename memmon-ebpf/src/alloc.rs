@@ -6,7 +6,10 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     programs::{ProbeContext, RetProbeContext},
 };
-use memmon_common::{AllocKind, LiveAlloc, LiveKey, Loss, PendingCall, SIZE_BUCKETS, SiteStats, size_bucket};
+use memmon_common::{
+    AllocKind, BIRTH_UNIT_SHIFT, LiveAlloc, LiveKey, Loss, PendingCall, SIZE_BUCKETS, SiteStats,
+    size_bucket,
+};
 
 use crate::{
     counters::{add, lose},
@@ -107,7 +110,7 @@ pub fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, ptr_arg: u64) {
     } else if PENDING.insert(thread, call, BPF_ANY as u64).is_err() {
         lose(Loss::PendingTableFull);
         if old_timestamp_ns != 0 {
-            credit_free(old_site, old_size);
+            credit_free(old_site, old_size, old_timestamp_ns);
         }
     }
 }
@@ -157,7 +160,7 @@ pub fn exit(ctx: &RetProbeContext) {
             // realloc(p, 0) frees p and may return NULL; any other NULL is a failure.
             if ret != 0 || call.size == 0 {
                 if call.old_timestamp_ns != 0 {
-                    credit_free(call.old_site, call.old_size);
+                    credit_free(call.old_site, call.old_size, call.old_timestamp_ns);
                 }
             } else {
                 restore_old_block(tgid, &call);
@@ -188,7 +191,7 @@ pub fn free(addr: u64) {
     // p out of the live table, so its inner free finds nothing. One map lookup less per free.
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if let Some(block) = take_live(tgid, addr) {
-        credit_free(block.site, block.size);
+        credit_free(block.site, block.size, block.timestamp_ns);
     }
 }
 
@@ -213,7 +216,7 @@ fn record(regs: stack::UserRegs, tgid: u32, addr: u64, size: u64) {
             return;
         };
         lose(Loss::MissedFree);
-        credit_free(stale.site, stale.size);
+        credit_free(stale.site, stale.size, stale.timestamp_ns);
         if LIVE.insert(key, block, BPF_NOEXIST as u64).is_err() {
             lose(Loss::LiveTableFull);
             return;
@@ -222,6 +225,7 @@ fn record(regs: stack::UserRegs, tgid: u32, addr: u64, size: u64) {
     let stats = unsafe { &mut *stats };
     add(&mut stats.alloc_bytes, size);
     add(&mut stats.alloc_count, 1);
+    add(&mut stats.live_birth_sum, block.timestamp_ns >> BIRTH_UNIT_SHIFT);
     if let Some(bucket) = SIZE_HISTOGRAM.get_ptr_mut(size_bucket(size)) {
         add(bucket, 1);
     }
@@ -250,11 +254,12 @@ fn take_live(tgid: u32, addr: u64) -> Option<LiveAlloc> {
 }
 
 #[inline(always)]
-fn credit_free(site: u64, size: u64) {
+fn credit_free(site: u64, size: u64, timestamp_ns: u64) {
     if let Some(stats) = SITES.get_ptr_mut(site) {
         let stats = unsafe { &mut *stats };
         add(&mut stats.free_bytes, size);
         add(&mut stats.free_count, 1);
+        add(&mut stats.live_birth_sum, (timestamp_ns >> BIRTH_UNIT_SHIFT).wrapping_neg());
     }
 }
 
@@ -269,6 +274,6 @@ fn restore_old_block(tgid: u32, call: &PendingCall) {
         LiveAlloc { size: call.old_size, site: call.old_site, timestamp_ns: call.old_timestamp_ns };
     if LIVE.insert(key, block, BPF_NOEXIST as u64).is_err() {
         lose(Loss::LiveTableFull);
-        credit_free(call.old_site, call.old_size);
+        credit_free(call.old_site, call.old_size, call.old_timestamp_ns);
     }
 }

@@ -168,7 +168,15 @@ impl Tracer {
         let histogram: Array<_, u64> = Array::try_from(self.ebpf.map("SIZE_HISTOGRAM").context("SIZE_HISTOGRAM map")?)?;
         let mut size_buckets = histogram.iter().collect::<Result<Vec<u64>, _>>()?;
         let size_sum = size_buckets.pop().unwrap_or(0);
-        Ok(Snapshot { sites, mapping_sites, processes, size_buckets, size_sum, losses: read_losses(&self.ebpf)? })
+        Ok(Snapshot {
+            sites,
+            mapping_sites,
+            processes,
+            size_buckets,
+            size_sum,
+            taken_at_ns: crate::snapshot::monotonic_ns(),
+            losses: read_losses(&self.ebpf)?,
+        })
     }
 
     /// Sizes of the live tracked blocks of `pid`, read from the live table (one pass; for

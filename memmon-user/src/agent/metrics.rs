@@ -8,7 +8,7 @@
 
 use anyhow::Result;
 use prometheus::{
-    Counter, Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder as _, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
     proto::{self, MetricFamily},
 };
 
@@ -48,6 +48,10 @@ pub fn render(agent: &mut Agent) -> Result<String> {
     let alive = gauge(&registry, "memmon_target_up", "1 while the target process runs, 0 once it has exited.", &target_labels)?;
     let info = gauge(&registry, "memmon_target_info", "The target process and the allocator memmon probes in it (value 1).", &["pid", "comm", "allocator", "object"])?;
     let probes = gauge(&registry, "memmon_probes_attached", "Allocator probes attached to the target process.", &target_labels)?;
+    let heap_age = GaugeVec::new(Opts::new("memmon_heap_live_mean_age_seconds", "Mean age of the live tracked blocks (since their allocation)."), &target_labels)?;
+    registry.register(Box::new(heap_age.clone()))?;
+    let site_age = GaugeVec::new(Opts::new("memmon_site_live_mean_age_seconds", "Mean age of the live blocks of the top allocation sites."), &["pid", "comm", "site"])?;
+    registry.register(Box::new(site_age.clone()))?;
     let site_bytes = gauge(&registry, "memmon_site_live_bytes", "Live bytes of the top allocation sites by live bytes.", &["pid", "comm", "site"])?;
     let site_allocations = gauge(&registry, "memmon_site_live_allocations", "Live blocks of the top allocation sites by live bytes.", &["pid", "comm", "site"])?;
     let lost = counter(&registry, "memmon_events_lost_total", "Events memmon could not account for, by reason; a non-zero rate means numbers may be low.", &["reason"])?;
@@ -83,6 +87,17 @@ pub fn render(agent: &mut Agent) -> Result<String> {
             stats.free_count += site.stats.free_count;
         }
         live_bytes.with_label_values(&labels).set(int(bytes));
+        let ages: Vec<(u64, f64)> = snapshot
+            .sites
+            .iter()
+            .filter(|s| s.pid == pid)
+            .filter_map(|s| Some((s.live_count(), s.live_mean_age_seconds(snapshot.taken_at_ns)?)))
+            .collect();
+        let aged_blocks: u64 = ages.iter().map(|(count, _)| count).sum();
+        if aged_blocks > 0 {
+            let weighted: f64 = ages.iter().map(|(count, age)| *count as f64 * age).sum();
+            heap_age.with_label_values(&labels).set(weighted / aged_blocks as f64);
+        }
         live_allocations.with_label_values(&labels).set(int(blocks));
         allocated.with_label_values(&labels).inc_by(stats.alloc_bytes);
         allocations.with_label_values(&labels).inc_by(stats.alloc_count);
@@ -107,6 +122,9 @@ pub fn render(agent: &mut Agent) -> Result<String> {
         let comm = comms.get(&site.pid).cloned().unwrap_or_default();
         site_bytes.with_label_values(&[&pid, &comm, &name]).set(int(site.live_bytes()));
         site_allocations.with_label_values(&[&pid, &comm, &name]).set(int(site.live_count()));
+        if let Some(age) = site.live_mean_age_seconds(snapshot.taken_at_ns) {
+            site_age.with_label_values(&[&pid, &comm, &name]).set(age);
+        }
     }
     for (reason, count) in &snapshot.losses {
         lost.with_label_values(&[reason]).inc_by(*count);
