@@ -141,10 +141,10 @@ pub struct ProcessMemory {
 }
 
 /// Allocation-size histogram: bucket `i` counts allocations of at most 2^i bytes
-/// (i < SIZE_BUCKETS - 1); the last bucket counts the rest. The entry after the buckets holds
-/// the sum of the sizes.
+/// (i < SIZE_BUCKETS - 1); the last bucket counts the rest. (The sum of the sizes is the sum of
+/// the sites' allocated bytes, counted at the same point: no second counter for it.)
 pub const SIZE_BUCKETS: usize = 41;
-pub const SIZE_HISTOGRAM_ENTRIES: u32 = SIZE_BUCKETS as u32 + 1;
+pub const SIZE_HISTOGRAM_ENTRIES: u32 = SIZE_BUCKETS as u32;
 
 /// The histogram bucket of an allocation of `size` bytes: ceil(log2(size)), capped.
 /// Branches and shifts only (BPF has no count-leading-zeros instruction).

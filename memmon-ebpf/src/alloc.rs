@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use memmon_common::{
-    AllocKind, BIRTH_UNIT_SHIFT, LiveAlloc, LiveKey, Loss, PendingCall, SIZE_BUCKETS, SiteStats,
+    AllocKind, BIRTH_UNIT_SHIFT, LiveAlloc, LiveKey, Loss, PendingCall, SiteStats,
     size_bucket,
 };
 
@@ -228,9 +228,6 @@ fn record(regs: stack::UserRegs, tgid: u32, addr: u64, size: u64) {
     add(&mut stats.live_birth_sum, block.timestamp_ns >> BIRTH_UNIT_SHIFT);
     if let Some(bucket) = SIZE_HISTOGRAM.get_ptr_mut(size_bucket(size)) {
         add(bucket, 1);
-    }
-    if let Some(sum) = SIZE_HISTOGRAM.get_ptr_mut(SIZE_BUCKETS as u32) {
-        add(sum, size);
     }
 }
 

@@ -66,6 +66,6 @@ pub static MAPPINGS: HashMap<LiveKey, LiveAlloc> =
 pub static MAPPING_SITES: HashMap<u64, SiteStats> =
     HashMap::with_max_entries(DEFAULT_MAX_SITES, BPF_F_NO_PREALLOC);
 
-/// Sizes of the tracked allocations (all targets): counts per power-of-two bucket, then the sum.
+/// Sizes of the tracked allocations (all targets): counts per power-of-two bucket.
 #[map]
 pub static SIZE_HISTOGRAM: Array<u64> = Array::with_max_entries(SIZE_HISTOGRAM_ENTRIES, 0);

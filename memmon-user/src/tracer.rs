@@ -166,8 +166,8 @@ impl Tracer {
             })
             .collect();
         let histogram: Array<_, u64> = Array::try_from(self.ebpf.map("SIZE_HISTOGRAM").context("SIZE_HISTOGRAM map")?)?;
-        let mut size_buckets = histogram.iter().collect::<Result<Vec<u64>, _>>()?;
-        let size_sum = size_buckets.pop().unwrap_or(0);
+        let size_buckets = histogram.iter().collect::<Result<Vec<u64>, _>>()?;
+        let size_sum = sites.iter().map(|s| s.stats.alloc_bytes).sum();
         Ok(Snapshot {
             sites,
             mapping_sites,
