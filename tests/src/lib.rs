@@ -102,7 +102,14 @@ impl Target {
 
     /// Like `start`, with extra environment variables (e.g. LD_PRELOAD of an allocator).
     pub fn start_with(name: &str, env: &[(&str, &str)]) -> Self {
+        let mut target = Self::spawn(name, &[], env);
+        target.expect_line("ready");
+        target
+    }
+
+    fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(build_target(name))
+            .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -110,9 +117,7 @@ impl Target {
             .expect("cannot start target");
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut target = Self { child, stdin, stdout };
-        target.expect_line("ready");
-        target
+        Self { child, stdin, stdout }
     }
 
     pub fn pid(&self) -> u32 {
@@ -152,15 +157,7 @@ impl Target {
 
     /// Starts a program that does not speak the protocol, with arguments.
     pub fn start_args(name: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(build_target(name))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("cannot start target");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Self { child, stdin, stdout }
+        Self::spawn(name, args, &[])
     }
 
     /// Waits for the target to exit by itself.
