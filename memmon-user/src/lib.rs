@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod leaks;
 pub mod probe_site;
+pub mod profiles;
 pub mod process;
 pub mod report;
 pub mod snapshot;

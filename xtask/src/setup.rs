@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result, bail};
 
 /// The eBPF build needs LLVM 22; the integration tests need compilers for their targets, the
-/// third-party allocators they run those targets under (LD_PRELOAD), and Prometheus (promtool
-/// checks the agent's /metrics).
+/// third-party allocators they run those targets under (LD_PRELOAD), Prometheus (promtool
+/// checks the agent's /metrics) and Go (`go tool pprof` reads memmon's profiles).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -20,6 +20,7 @@ const APT_PACKAGES: &[&str] = &[
     "libtcmalloc-minimal4",
     "libmimalloc2.0",
     "prometheus",
+    "golang-go",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
