@@ -106,6 +106,14 @@ impl Symbolizer {
         self.maps.get(&pid)?.iter().find(|m| address >= m.start && address < m.end)
     }
 
+    /// The executable mappings seen for `pid`, as (start, end, file offset, object path).
+    pub fn mappings(&self, pid: u32) -> Vec<(u64, u64, u64, PathBuf)> {
+        self.maps
+            .get(&pid)
+            .map(|maps| maps.iter().map(|m| (m.start, m.end, m.offset, m.object.clone())).collect())
+            .unwrap_or_default()
+    }
+
     fn resolve(&mut self, pid: u32, addresses: &[u64]) {
         // Group by object; a return address points after the call, and the call instruction
         // (one byte before) is the line a person wants to see.
