@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use serde::de::DeserializeOwned;
 
 use crate::{
-    report::human_bytes,
+    report::{SiteView, human_bytes, site_table},
     wire::{ApiError, Bucket, Health, Leaks, MemorySummary, Site, Status},
 };
 
@@ -228,20 +228,18 @@ fn summary_text(summary: &MemorySummary) -> String {
     );
     if !summary.top_sites.is_empty() {
         let _ = writeln!(out, "\ntop sites by live bytes:");
-        let _ = writeln!(out, "  {:>10} {:>12} {:>8} {:>10} {:>8}  FUNCTION  (LOCATION)", "LIVE", "LIVE BYTES", "BLOCKS", "ALLOCATED", "ALLOCS");
-        for site in &summary.top_sites {
-            let _ = writeln!(
-                out,
-                "  {:>10} {:>12} {:>8} {:>10} {:>8}  {}  ({})",
-                human_bytes(site.live_bytes),
-                site.live_bytes,
-                site.live_allocations,
-                human_bytes(site.allocated_bytes),
-                site.allocations,
-                site.site.function(),
-                site.site.location()
-            );
-        }
+        let views: Vec<SiteView> = summary
+            .top_sites
+            .iter()
+            .map(|site| SiteView {
+                live_bytes: site.live_bytes,
+                live_count: site.live_allocations,
+                alloc_bytes: site.allocated_bytes,
+                alloc_count: site.allocations,
+                frames: site.site.frames.clone(),
+            })
+            .collect();
+        site_table(&mut out, &views);
     }
     buckets_text(&mut out, "by size class", &summary.by_size_class);
     buckets_text(&mut out, "by module", &summary.by_module);

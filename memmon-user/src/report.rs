@@ -7,7 +7,6 @@ use crate::symbolize::Frame;
 /// A site ready to show: its counters and symbolized frames (innermost first).
 #[derive(Clone, Debug)]
 pub struct SiteView {
-    pub pid: u32,
     pub live_bytes: u64,
     pub live_count: u64,
     pub alloc_bytes: u64,
@@ -114,7 +113,8 @@ impl Report<'_> {
     }
 }
 
-fn site_table(out: &mut String, sites: &[SiteView]) {
+/// The site table shared by the live report and `memory-summary`.
+pub fn site_table(out: &mut String, sites: &[SiteView]) {
     let _ = writeln!(
         out,
         "  {:>10} {:>12} {:>8} {:>10} {:>8}  FUNCTION  (LOCATION)  ← CALLERS",
@@ -163,7 +163,6 @@ mod tests {
     #[test]
     fn table_names_function_location_and_callers() {
         let site = SiteView {
-            pid: 7,
             live_bytes: 4096,
             live_count: 4,
             alloc_bytes: 8192,

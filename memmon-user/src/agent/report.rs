@@ -17,7 +17,6 @@ fn site_views(sites: &[&SiteSample], symbolizer: &mut Symbolizer) -> Vec<SiteVie
     sites
         .iter()
         .map(|site| SiteView {
-            pid: site.pid,
             live_bytes: site.live_bytes(),
             live_count: site.live_count(),
             alloc_bytes: site.stats.alloc_bytes,
