@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use memmon::{
-    profiles::{heap_profile, pprof},
+    profiles::{heap_profile, pprof, since_attach},
     symbolize::Symbolizer,
     tracer::{Tracer, TracerOptions},
 };
@@ -17,11 +17,11 @@ fn go_tool_pprof_reads_exact_bytes_of_the_leaking_function() {
     target.run("leak");
     target.run("churn");
     let snapshot = tracer.snapshot().unwrap();
-    let profile = heap_profile(&snapshot, &mut Symbolizer::new(), 0, 0);
+    let profile = heap_profile(&since_attach(&snapshot), &mut Symbolizer::new(), 0, 0, Vec::new());
     // Mappings carry the objects' build ids (the test target and libc have GNU build ids).
     let target_mapping = profile.mappings.iter().find(|m| m.path.ends_with("/ground_truth")).expect("target mapped");
     assert_eq!(target_mapping.build_id.len(), 40, "a SHA-1 build id in hex: {target_mapping:?}");
-    assert!(profile.samples.iter().flat_map(|(frames, _)| frames).any(|f| f.mapping.is_some()));
+    assert!(profile.samples.iter().flat_map(|s| &s.frames).any(|f| f.mapping.is_some()));
     let path = std::env::temp_dir().join(format!("memmon-test-{}.pb.gz", std::process::id()));
     std::fs::write(&path, pprof::encode_gzipped(&profile).unwrap()).unwrap();
 

@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, io::Write as _};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use flate2::{Compression, write::GzEncoder};
 use prost::Message;
 
@@ -33,6 +33,8 @@ pub struct Profile {
     pub period_type: Option<ValueType>,
     #[prost(int64, tag = "12")]
     pub period: i64,
+    #[prost(int64, repeated, tag = "13")]
+    pub comment: Vec<i64>,
     #[prost(int64, tag = "14")]
     pub default_sample_type: i64,
 }
@@ -51,6 +53,20 @@ pub struct Sample {
     pub location_id: Vec<u64>,
     #[prost(int64, repeated, tag = "2")]
     pub value: Vec<i64>,
+    #[prost(message, repeated, tag = "3")]
+    pub label: Vec<Label>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Label {
+    #[prost(int64, tag = "1")]
+    pub key: i64,
+    #[prost(int64, tag = "2")]
+    pub str: i64,
+    #[prost(int64, tag = "3")]
+    pub num: i64,
+    #[prost(int64, tag = "4")]
+    pub num_unit: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -128,14 +144,26 @@ pub struct MappingInfo {
     pub build_id: String,
 }
 
+/// One allocation site of one process and its values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleInfo {
+    pub pid: u32,
+    /// Innermost first.
+    pub frames: Vec<FrameInfo>,
+    /// [alloc_objects, alloc_space, inuse_objects, inuse_space].
+    pub values: [i64; 4],
+}
+
 /// What a heap profile holds, before encoding.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HeapProfile {
+    /// Start of the window (Unix ns) and its length.
     pub time_nanos: i64,
     pub duration_nanos: i64,
     pub mappings: Vec<MappingInfo>,
-    /// (stack, [alloc_objects, alloc_space, inuse_objects, inuse_space]).
-    pub samples: Vec<(Vec<FrameInfo>, [i64; 4])>,
+    pub samples: Vec<SampleInfo>,
+    /// Free-text comments (`go tool pprof -comments`); memmon keeps its metadata there.
+    pub comments: Vec<String>,
 }
 
 /// Builds the pprof message: strings, functions and locations deduplicated, ids from 1.
@@ -170,9 +198,10 @@ pub fn build(profile: &HeapProfile) -> Profile {
     let mut locations: HashMap<u64, u64> = HashMap::new();
     let mut location_table = Vec::new();
     let mut samples = Vec::new();
-    for (stack, values) in &profile.samples {
+    let pid_key = strings.id("pid");
+    for sample in &profile.samples {
         let mut ids = Vec::new();
-        for frame in stack {
+        for frame in &sample.frames {
             let id = *locations.entry(frame.address).or_insert_with(|| {
                 let file = frame.file.clone().unwrap_or_default();
                 let function_id = *functions.entry((frame.function.clone(), file.clone())).or_insert_with(|| {
@@ -192,11 +221,13 @@ pub fn build(profile: &HeapProfile) -> Profile {
             });
             ids.push(id);
         }
-        samples.push(Sample { location_id: ids, value: values.to_vec() });
+        let pid = Label { key: pid_key, num: i64::from(sample.pid), ..Default::default() };
+        samples.push(Sample { location_id: ids, value: sample.values.to_vec(), label: vec![pid] });
     }
     let space = strings.id("space");
     let bytes = strings.id("bytes");
     let inuse_space = strings.id("inuse_space");
+    let comment = profile.comments.iter().map(|c| strings.id(c)).collect();
     Profile {
         sample_type,
         sample: samples,
@@ -207,6 +238,7 @@ pub fn build(profile: &HeapProfile) -> Profile {
         duration_nanos: profile.duration_nanos,
         period_type: Some(ValueType { r#type: space, unit: bytes }),
         period: 1,
+        comment,
         default_sample_type: inuse_space,
         string_table: strings.table,
     }
@@ -217,6 +249,19 @@ pub fn encode_gzipped(profile: &HeapProfile) -> Result<Vec<u8>> {
     let mut gzip = GzEncoder::new(Vec::new(), Compression::default());
     gzip.write_all(&build(profile).encode_to_vec())?;
     Ok(gzip.finish()?)
+}
+
+/// Reads a profile written by memmon or any other pprof producer, gzipped or not.
+pub fn decode(bytes: &[u8]) -> Result<Profile> {
+    let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut raw)
+            .context("not a valid gzip stream")?;
+        std::borrow::Cow::Owned(raw)
+    } else {
+        std::borrow::Cow::Borrowed(bytes)
+    };
+    Profile::decode(&*raw).context("not a pprof profile (profile.proto)")
 }
 
 /// pprof's string table: index 0 is the empty string.
@@ -257,9 +302,18 @@ mod tests {
             duration_nanos: 2,
             mappings: vec![MappingInfo { start: 0x1000, limit: 0x9000, file_offset: 0, path: "/bin/app".into(), build_id: "abcd".into() }],
             samples: vec![
-                (vec![frame(0x1100, "leak", 10), frame(0x1200, "main", 20)], [100, 104_950, 100, 104_950]),
-                (vec![frame(0x1300, "churn", 30), frame(0x1200, "main", 20)], [5000, 352_000, 0, 0]),
+                SampleInfo {
+                    pid: 7,
+                    frames: vec![frame(0x1100, "leak", 10), frame(0x1200, "main", 20)],
+                    values: [100, 104_950, 100, 104_950],
+                },
+                SampleInfo {
+                    pid: 7,
+                    frames: vec![frame(0x1300, "churn", 30), frame(0x1200, "main", 20)],
+                    values: [5000, 352_000, 0, 0],
+                },
             ],
+            comments: vec!["memmon-profile: id=x".into()],
         }
     }
 
@@ -275,16 +329,19 @@ mod tests {
         let kinds: Vec<&str> = profile.sample_type.iter().map(|t| profile.string_table[t.r#type as usize].as_str()).collect();
         assert_eq!(kinds, ["alloc_objects", "alloc_space", "inuse_objects", "inuse_space"]);
         assert_eq!(profile.string_table[profile.default_sample_type as usize], "inuse_space");
+        let label = &profile.sample[0].label[0];
+        assert_eq!((profile.string_table[label.key as usize].as_str(), label.num), ("pid", 7));
+        assert_eq!(profile.string_table[profile.comment[0] as usize], "memmon-profile: id=x");
     }
 
     #[test]
     fn gzipped_bytes_decode_back() {
         let bytes = encode_gzipped(&sample_profile()).unwrap();
         assert_eq!(&bytes[..2], &[0x1f, 0x8b], "gzip magic");
-        let mut raw = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut raw).unwrap();
-        let decoded = Profile::decode(&raw[..]).unwrap();
+        let decoded = decode(&bytes).unwrap();
         assert_eq!(decoded, build(&sample_profile()));
+        assert_eq!(decode(&build(&sample_profile()).encode_to_vec()).unwrap(), decoded, "plain protobuf too");
+        assert!(decode(b"\x1f\x8bnot gzip").is_err());
         assert_eq!(decoded.sample[0].value, [100, 104_950, 100, 104_950]);
     }
 }
