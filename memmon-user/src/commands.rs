@@ -1,6 +1,8 @@
 //! The management commands: ask a running agent over its control API, print for a person
 //! (text) or a script (`--format json`, the agent's JSON as is).
 
+mod profiling;
+
 use std::{fmt::Write as _, process::ExitCode};
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -146,6 +148,7 @@ fn status_text(status: &Status) -> String {
         if status.leak_detection_enabled { "" } else { " (leak detection disabled)" },
         status.listen
     );
+    profiling::profiles_text(&mut out, status.profiling_enabled, &status.profiles);
     if lost == 0 {
         out.push_str("  events lost: none\n");
     } else {

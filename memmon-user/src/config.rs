@@ -74,6 +74,15 @@ pub struct AgentConfig {
     /// Allow on-demand profiling sessions.
     #[arg(long, env = "MEMMON_PROFILING_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub profiling_enabled: bool,
+    /// Largest profile file (MiB): a session whose next checkpoint would exceed it ends truncated.
+    #[arg(long, env = "MEMMON_MAX_PROFILE_SIZE_MB", default_value = "100", allow_negative_numbers = true, value_parser = positive("MEMMON_MAX_PROFILE_SIZE_MB"))]
+    pub max_profile_size_mb: f64,
+    /// Longest profiling session a client may ask for (minutes); sessions default to 10.
+    #[arg(long, env = "MEMMON_MAX_PROFILE_DURATION_MINUTES", default_value = "60", allow_negative_numbers = true, value_parser = positive("MEMMON_MAX_PROFILE_DURATION_MINUTES"))]
+    pub max_profile_duration_minutes: f64,
+    /// `cleanup-profiles` (and the agent, hourly) removes profiles older than this (days).
+    #[arg(long, env = "MEMMON_PROFILING_CLEANUP_DAYS", default_value = "7", allow_negative_numbers = true, value_parser = non_negative("MEMMON_PROFILING_CLEANUP_DAYS"))]
+    pub profiling_cleanup_days: f64,
 }
 
 impl AgentConfig {
@@ -116,14 +125,23 @@ impl AgentConfig {
     pub fn leak_check_period(&self) -> Duration {
         Duration::from_secs(self.leak_check_interval)
     }
+
+    pub fn max_profile_bytes(&self) -> u64 {
+        (self.max_profile_size_mb * MIB) as u64
+    }
+
+    pub fn max_profile_duration(&self) -> Duration {
+        Duration::from_secs_f64(self.max_profile_duration_minutes * 60.0)
+    }
+
+    pub fn profiling_cleanup_age(&self) -> Duration {
+        Duration::from_secs_f64(self.profiling_cleanup_days * 86_400.0)
+    }
 }
 
 /// Creates `dir` (0700) if missing and proves it writable by creating and removing a file.
 fn ensure_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    if !dir.is_dir() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    }
+    crate::profiles::store::ProfileDir::open(dir)?;
     let probe = dir.join(format!(".memmon-write-test-{}", std::process::id()));
     std::fs::write(&probe, b"")?;
     std::fs::remove_file(&probe)
@@ -135,6 +153,15 @@ fn seconds(variable: &'static str) -> impl Fn(&str) -> Result<u64, String> + Clo
         Ok(0) => Err(format!("must be at least 1 second ({variable})")),
         Ok(value) => Ok(value),
         Err(_) => Err(format!("must be a whole number of seconds ({variable})")),
+    }
+}
+
+/// A finite number > 0.
+fn positive(variable: &'static str) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |text| match text.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
+        Ok(_) => Err(format!("must be a number > 0 ({variable})")),
+        Err(_) => Err(format!("must be a number ({variable})")),
     }
 }
 
@@ -176,6 +203,9 @@ mod tests {
         assert_eq!(thresholds.memory_bytes, 100 * 1024 * 1024);
         assert_eq!(thresholds.site_growth_ratio, 1.0);
         assert_eq!(thresholds.high_usage_bytes, 50 * 1024 * 1024);
+        assert_eq!(config.max_profile_bytes(), 100 * 1024 * 1024);
+        assert_eq!(config.max_profile_duration(), Duration::from_secs(3600));
+        assert_eq!(config.profiling_cleanup_age(), Duration::from_secs(7 * 86_400));
     }
 
     #[test]
@@ -186,6 +216,12 @@ mod tests {
         assert!(err.contains("at least 1 second (MEMMON_LEAK_CHECK_INTERVAL)"), "{err}");
         let err = parse(&["--pid", "1", "--metrics-update-interval", "1.5"]).unwrap_err();
         assert!(err.contains("MEMMON_METRICS_UPDATE_INTERVAL"), "{err}");
+        let err = parse(&["--pid", "1", "--max-profile-size-mb", "0"]).unwrap_err();
+        assert!(err.contains("> 0 (MEMMON_MAX_PROFILE_SIZE_MB)"), "{err}");
+        let err = parse(&["--pid", "1", "--profiling-cleanup-days", "-1"]).unwrap_err();
+        assert!(err.contains("MEMMON_PROFILING_CLEANUP_DAYS"), "{err}");
+        let err = parse(&["--pid", "1", "--max-profile-duration-minutes", "soon"]).unwrap_err();
+        assert!(err.contains("MEMMON_MAX_PROFILE_DURATION_MINUTES"), "{err}");
     }
 
     #[test]

@@ -31,6 +31,31 @@ enum Command {
     MemorySummary(Client),
     /// Take a snapshot now and show the summary.
     UpdateMetrics(Client),
+    /// Start a profiling session: a pprof heap profile of what is allocated from now on.
+    StartProfiling {
+        #[command(flatten)]
+        client: Client,
+        /// How long the session runs (minutes, fractions allowed; default 10, at most
+        /// MEMMON_MAX_PROFILE_DURATION_MINUTES).
+        #[arg(long, value_name = "MINUTES")]
+        duration: Option<f64>,
+    },
+    /// End a profiling session now and write its profile.
+    StopProfiling {
+        #[command(flatten)]
+        client: Client,
+        /// The id start-profiling printed (also in `memmon status`).
+        #[arg(long, value_name = "ID")]
+        profile_id: String,
+    },
+    /// Remove profiles older than MEMMON_PROFILING_CLEANUP_DAYS from the profile directory.
+    CleanupProfiles {
+        #[command(flatten)]
+        client: Client,
+        /// Override the agent's MEMMON_PROFILING_CLEANUP_DAYS for this cleanup.
+        #[arg(long, value_name = "DAYS")]
+        older_than_days: Option<f64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +72,9 @@ fn main() -> ExitCode {
         Command::CheckLeaks { client, verbose } => client.check_leaks(verbose),
         Command::MemorySummary(client) => client.memory_summary(),
         Command::UpdateMetrics(client) => client.update_metrics(),
+        Command::StartProfiling { client, duration } => client.start_profiling(duration),
+        Command::StopProfiling { client, profile_id } => client.stop_profiling(&profile_id),
+        Command::CleanupProfiles { client, older_than_days } => client.cleanup_profiles(older_than_days),
     };
     match result {
         Ok(code) => code,

@@ -21,6 +21,7 @@ use crate::{
     allocator::{self, Allocator},
     process::Process,
     process::HeapExtent,
+    profiles::session::LiveBlock,
     snapshot::{ProcessSample, SiteSample, Snapshot},
 };
 
@@ -182,16 +183,28 @@ impl Tracer {
     /// Sizes of the live tracked blocks of `pid`, read from the live table (one pass; for
     /// on-demand summaries, not for every snapshot).
     pub fn live_block_sizes(&self, pid: u32) -> Result<Vec<u64>> {
+        Ok(self.live_blocks(|block| block.pid == pid)?.into_iter().map(|block| block.size).collect())
+    }
+
+    /// The live tracked blocks allocated at or after `since_ns` (CLOCK_MONOTONIC): what a
+    /// profiling session still holds from its window.
+    pub fn live_blocks_born_since(&self, since_ns: u64) -> Result<Vec<LiveBlock>> {
+        self.live_blocks(|block| block.born_ns >= since_ns)
+    }
+
+    /// One pass over the live table.
+    fn live_blocks(&self, keep: impl Fn(&LiveBlock) -> bool) -> Result<Vec<LiveBlock>> {
         let live: BpfHashMap<_, LiveKey, LiveAlloc> =
             BpfHashMap::try_from(self.ebpf.map("LIVE").context("LIVE map")?)?;
-        let mut sizes = Vec::new();
+        let mut blocks = Vec::new();
         for entry in live.iter() {
             let Ok((key, block)) = entry else { continue }; // freed while we iterated
-            if key.tgid == pid {
-                sizes.push(block.size);
+            let block = LiveBlock { pid: key.tgid, site: block.site, size: block.size, born_ns: block.timestamp_ns };
+            if keep(&block) {
+                blocks.push(block);
             }
         }
-        Ok(sizes)
+        Ok(blocks)
     }
 
     fn site_samples(&mut self, map: &str) -> Result<Vec<SiteSample>> {

@@ -51,6 +51,9 @@ pub struct Status {
     pub metrics_update_interval_seconds: u64,
     pub leak_check_interval_seconds: u64,
     pub listen: String,
+    pub profiling_enabled: bool,
+    /// This agent's profiling sessions, newest first.
+    pub profiles: Vec<ProfileInfo>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -150,4 +153,59 @@ pub struct Health {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+/// A profiling session (`start-profiling`, `stop-profiling`, `status`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProfileInfo {
+    pub profile_id: String,
+    /// "running", "finished", "truncated" (size cap) or "failed" (could not write).
+    pub state: String,
+    /// Why it ended; null while running.
+    pub reason: Option<String>,
+    /// The gzipped pprof file (`<profile_id>.pb.gz`).
+    pub file: String,
+    pub pids: Vec<u32>,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    /// The duration asked for; the session ends by itself after it.
+    pub duration_seconds: f64,
+    /// Time since the start (running) or the window the file covers (ended).
+    pub elapsed_seconds: f64,
+    /// The file as last written, and how many times it was.
+    pub size_bytes: u64,
+    pub checkpoints: u64,
+    /// In the window as last written: allocated, and still live at its end.
+    pub allocated_bytes: u64,
+    pub allocations: u64,
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Profiles {
+    pub profiles: Vec<ProfileInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemovedProfile {
+    pub file: String,
+    pub size_bytes: u64,
+    pub age_days: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SkippedEntry {
+    pub file: String,
+    pub reason: String,
+}
+
+/// What `cleanup-profiles` did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Cleanup {
+    pub directory: String,
+    pub older_than_days: f64,
+    pub removed: Vec<RemovedProfile>,
+    pub kept: u64,
+    pub skipped: Vec<SkippedEntry>,
 }

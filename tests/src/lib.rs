@@ -210,10 +210,12 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `memmon agent --pid PID --listen 127.0.0.1:0 ARGS` and waits for its API.
+    /// Profiling is off unless ARGS set it up (a profile directory, or enabled/disabled).
     pub fn start(pid: u32, args: &[&str]) -> Self {
+        let profiling = args.iter().any(|a| a.starts_with("--profiling"));
         let mut child = Command::new(memmon_binary())
             .args(["agent", "--pid", &pid.to_string(), "--listen", "127.0.0.1:0", "--report-interval", "0"])
-            .args(["--profiling-enabled", "false"])
+            .args(if profiling { &[][..] } else { &["--profiling-enabled", "false"][..] })
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -295,8 +297,9 @@ pub fn try_http(url: &str, request_line: &str) -> std::io::Result<(u16, String)>
     let mut stream = std::net::TcpStream::connect(address)?;
     // HTTP/1.0: the answer comes whole (no chunked encoding to undo), then the connection closes.
     write!(stream, "{request_line} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response);
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
     Ok((status, body))

@@ -3,15 +3,18 @@
 
 use axum::{
     Json, Router,
-    extract::{State, rejection::QueryRejection, Query},
-    http::StatusCode,
+    extract::{
+        Path, Query, State,
+        rejection::{PathRejection, QueryRejection},
+    },
+    http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde::Deserialize;
 
-use super::Handle;
-use crate::wire::ApiError;
+use super::{Handle, state::Refusal};
+use crate::wire::{ApiError, Profiles};
 
 pub async fn serve(listener: tokio::net::TcpListener, agent: Handle) {
     let app = Router::new()
@@ -21,6 +24,11 @@ pub async fn serve(listener: tokio::net::TcpListener, agent: Handle) {
         .route("/memory-summary", get(memory_summary))
         .route("/update-metrics", post(update_metrics))
         .route("/metrics", get(prometheus_metrics))
+        .route("/profiles", get(list_profiles).post(start_profiling))
+        .route("/profiles/cleanup", post(cleanup_profiles))
+        .route("/profiles/{id}", get(profile))
+        .route("/profiles/{id}/stop", post(stop_profiling))
+        .route("/profiles/{id}/pprof", get(download_profile))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(agent);
@@ -36,7 +44,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint; try /status, /health, /leaks, /memory-summary or POST /update-metrics",
+        "no such endpoint; try /status, /health, /leaks, /memory-summary, /metrics, /profiles or POST /update-metrics",
     )
 }
 
@@ -53,7 +61,10 @@ async fn answer<T: serde::Serialize + Send + 'static>(
 }
 
 async fn method_not_allowed() -> Response {
-    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: POST /update-metrics, GET for the rest")
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed: POST /update-metrics, /profiles, /profiles/cleanup and /profiles/ID/stop; GET for the rest",
+    )
 }
 
 async fn status(State(agent): State<Handle>) -> Response {
@@ -112,4 +123,103 @@ async fn update_metrics(State(agent): State<Handle>) -> Response {
         agent.memory_summary()
     })
     .await
+}
+
+fn refused(refusal: Refusal) -> Response {
+    let status = match refusal {
+        Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+        Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+        Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+        Refusal::Conflict(_) => StatusCode::CONFLICT,
+        Refusal::TooManySessions(_) => StatusCode::TOO_MANY_REQUESTS,
+        Refusal::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
+    };
+    error(status, refusal.message())
+}
+
+/// Runs a profiling request on the agent: its answer as JSON (with `status`), or its refusal.
+async fn profiling<T: serde::Serialize + Send + 'static>(
+    agent: &Handle,
+    status: StatusCode,
+    request: impl FnOnce(&mut super::state::Agent) -> Result<T, Refusal> + Send + 'static,
+) -> Response {
+    match agent.with(request).await {
+        Ok(Ok(value)) => (status, Json(value)).into_response(),
+        Ok(Err(refusal)) => refused(refusal),
+        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")),
+    }
+}
+
+/// A profile id from the path; ids are checked by the agent, this only turns a path that
+/// cannot be decoded into a JSON 400.
+fn profile_id(path: Result<Path<String>, PathRejection>) -> Result<String, String> {
+    path.map(|Path(id)| id).map_err(|rejection| format!("bad profile id: {}", rejection.body_text()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartQuery {
+    duration_minutes: Option<f64>,
+}
+
+async fn start_profiling(State(agent): State<Handle>, query: Result<Query<StartQuery>, QueryRejection>) -> Response {
+    let minutes = match query {
+        Ok(Query(query)) => query.duration_minutes,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, format!("bad query: {}", rejection.body_text())),
+    };
+    profiling(&agent, StatusCode::CREATED, move |agent| agent.start_profiling(minutes)).await
+}
+
+async fn list_profiles(State(agent): State<Handle>) -> Response {
+    profiling(&agent, StatusCode::OK, |agent| Ok(Profiles { profiles: agent.profiles() })).await
+}
+
+async fn profile(State(agent): State<Handle>, id: Result<Path<String>, PathRejection>) -> Response {
+    match profile_id(id) {
+        Ok(id) => profiling(&agent, StatusCode::OK, move |agent| agent.profile(&id)).await,
+        Err(message) => error(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+async fn stop_profiling(State(agent): State<Handle>, id: Result<Path<String>, PathRejection>) -> Response {
+    match profile_id(id) {
+        Ok(id) => profiling(&agent, StatusCode::OK, move |agent| agent.stop_profiling(&id)).await,
+        Err(message) => error(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+/// The gzipped pprof file itself, for `go tool pprof http://…/profiles/ID/pprof` or a
+/// profile store.
+async fn download_profile(State(agent): State<Handle>, id: Result<Path<String>, PathRejection>) -> Response {
+    let id = match profile_id(id) {
+        Ok(id) => id,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let name = format!("{id}.pb.gz");
+    match agent.with(move |agent| agent.profile_bytes(&id)).await {
+        Ok(Ok(bytes)) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(Err(refusal)) => refused(refusal),
+        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CleanupQuery {
+    older_than_days: Option<f64>,
+}
+
+async fn cleanup_profiles(State(agent): State<Handle>, query: Result<Query<CleanupQuery>, QueryRejection>) -> Response {
+    let days = match query {
+        Ok(Query(query)) => query.older_than_days,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, format!("bad query: {}", rejection.body_text())),
+    };
+    profiling(&agent, StatusCode::OK, move |agent| agent.cleanup_profiles(days)).await
 }

@@ -113,6 +113,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let report_period = Duration::from_secs(config.report_interval.max(1));
     let mut reports = every(report_period);
     let mut liveness = every(Duration::from_millis(250));
+    let mut profile_ticks = every(Duration::from_secs(1));
     let mut targets_gone = false;
 
     let reason = loop {
@@ -126,6 +127,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                 }
             }
             _ = leak_checks.tick() => agent.with(|agent| agent.check_leaks()).await?,
+            _ = profile_ticks.tick() => agent.with(|agent| agent.tick_profiles()).await?,
             _ = reports.tick(), if config.report_interval > 0 && !targets_gone => {
                 let text = agent.with(|agent| agent.refresh().map(|()| report::render(agent))).await??;
                 print!("{text}");
@@ -149,6 +151,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let _ = server.await; // the server's handle on the agent goes with it
     let text = agent
         .with(move |agent| {
+            agent.stop_all_profiling("the agent stopped");
             let refreshed = if targets_gone { Ok(()) } else { agent.refresh() };
             refreshed.map(|()| final_report(agent))
         })

@@ -8,10 +8,14 @@ use std::{
 
 use anyhow::Result;
 
+mod profiling;
+pub use profiling::{MAX_RUNNING_SESSIONS, Refusal};
+
 use crate::{
     config::AgentConfig,
     leaks::{CheckInput, Detector, SitePoint},
     process::MemoryStatus,
+    profiles::store::ProfileDir,
     snapshot::{SiteSample, Snapshot},
     symbolize::Symbolizer,
     tracer::Tracer,
@@ -37,6 +41,7 @@ pub struct Agent {
     last_check_at: Option<Instant>,
     /// Indicators reported so far, by (pid, kind, severity): memmon_leaks_detected_total.
     leaks_detected: BTreeMap<(u32, String, String), u64>,
+    profiler: profiling::Profiler,
 }
 
 impl Agent {
@@ -48,6 +53,10 @@ impl Agent {
             symbolizer.observe(target.process.pid);
         }
         let detector = Detector::new(config.thresholds());
+        let profile_dir = match config.profiling_enabled {
+            true => Some(ProfileDir::open(&config.profiling_output_dir)?),
+            false => None,
+        };
         let now = Instant::now();
         let mut agent = Self {
             config,
@@ -66,6 +75,7 @@ impl Agent {
             leak_checks: 0,
             last_check_at: None,
             leaks_detected: BTreeMap::new(),
+            profiler: profiling::Profiler::new(profile_dir),
         };
         agent.refresh()?;
         Ok(agent)
@@ -209,6 +219,8 @@ impl Agent {
             metrics_update_interval_seconds: self.config.metrics_update_interval,
             leak_check_interval_seconds: self.config.leak_check_interval,
             listen: self.config.listen.to_string(),
+            profiling_enabled: self.config.profiling_enabled,
+            profiles: self.profiles(),
         }
     }
 
@@ -343,7 +355,9 @@ impl Agent {
         if self.config.profiling_enabled {
             let dir = &self.config.profiling_output_dir;
             let probe = dir.join(format!(".memmon-health-{}", std::process::id()));
-            let writable = std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe));
+            // A page, not an empty file: a full disk still has room for names.
+            let writable = std::fs::write(&probe, [0u8; 4096]).and_then(|()| std::fs::remove_file(&probe));
+            let _ = std::fs::remove_file(&probe);
             match writable {
                 Ok(()) => check("profile_directory", "ok", format!("{} writable", dir.display())),
                 Err(err) => check("profile_directory", "degraded", format!("{}: {err}", dir.display())),

@@ -1,7 +1,10 @@
 //! Profiles: heap profiles of traced processes, in formats the ecosystem reads.
 
+pub mod id;
 pub mod meta;
 pub mod pprof;
+pub mod session;
+pub mod store;
 
 use std::{collections::BTreeSet, sync::Arc};
 

@@ -190,7 +190,6 @@ pub fn build(profile: &HeapProfile) -> Profile {
             has_functions: true,
             has_filenames: true,
             has_line_numbers: true,
-            ..Default::default()
         })
         .collect();
     let mut functions: HashMap<(String, String), u64> = HashMap::new();

@@ -1,0 +1,330 @@
+//! The agent's profiling sessions: start, stop, the once-a-second tick that records their
+//! timelines, writes their checkpoints and ends them, and cleanup of old profiles.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant, SystemTime},
+};
+
+use super::Agent;
+use crate::{
+    profiles::{
+        id::ProfileId,
+        meta::TargetMeta,
+        session::{CheckpointInput, LiveBlock, Session},
+        store::ProfileDir,
+    },
+    wire,
+};
+
+/// Sessions running at once; each costs a checkpoint's work.
+pub const MAX_RUNNING_SESSIONS: usize = 8;
+/// Ended sessions listed in `status` (their files stay until cleanup).
+const ENDED_SESSIONS_KEPT: usize = 100;
+const DEFAULT_DURATION: Duration = Duration::from_secs(10 * 60);
+const CLEANUP_PERIOD: Duration = Duration::from_secs(3600);
+
+/// Why a profiling request is refused; the API turns each into its HTTP status.
+#[derive(Debug)]
+pub enum Refusal {
+    BadRequest(String),
+    /// Profiling is disabled.
+    Forbidden(String),
+    NotFound(String),
+    Conflict(String),
+    TooManySessions(String),
+    /// The profile directory cannot take the file.
+    Storage(String),
+}
+
+impl Refusal {
+    pub fn message(&self) -> &str {
+        match self {
+            Refusal::BadRequest(m)
+            | Refusal::Forbidden(m)
+            | Refusal::NotFound(m)
+            | Refusal::Conflict(m)
+            | Refusal::TooManySessions(m)
+            | Refusal::Storage(m) => m,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Profiler {
+    /// None when MEMMON_PROFILING_ENABLED=false.
+    dir: Option<ProfileDir>,
+    /// Newest last.
+    sessions: Vec<Session>,
+    last_cleanup: Option<Instant>,
+}
+
+impl Profiler {
+    pub fn new(dir: Option<ProfileDir>) -> Self {
+        Self { dir, ..Self::default() }
+    }
+}
+
+impl Agent {
+    fn profile_dir(&self) -> Result<&ProfileDir, Refusal> {
+        self.profiler.dir.as_ref().ok_or_else(|| {
+            Refusal::Forbidden(
+                "profiling is disabled on this agent (MEMMON_PROFILING_ENABLED=false); restart it with \
+                 MEMMON_PROFILING_ENABLED=true to take profiles"
+                    .into(),
+            )
+        })
+    }
+
+    pub fn start_profiling(&mut self, minutes: Option<f64>) -> Result<wire::ProfileInfo, Refusal> {
+        self.profile_dir()?;
+        let duration = self.requested_duration(minutes)?;
+        if self.profiler.sessions.iter().filter(|s| s.is_running()).count() >= MAX_RUNNING_SESSIONS {
+            return Err(Refusal::TooManySessions(format!(
+                "{MAX_RUNNING_SESSIONS} profiling sessions are already running; stop one first (memmon status lists them)"
+            )));
+        }
+        if self.all_exited() {
+            return Err(Refusal::Conflict("every target has exited: there is nothing left to profile".into()));
+        }
+        self.refresh().map_err(|err| Refusal::Storage(format!("taking the first snapshot failed: {err:#}")))?;
+        let targets = self
+            .tracer
+            .targets()
+            .iter()
+            .filter(|t| self.alive.get(&t.process.pid).copied().unwrap_or(false))
+            .map(|t| TargetMeta { pid: t.process.pid, comm: t.process.comm.clone() })
+            .collect();
+        let rss = self.rss_by_pid();
+        let dir = self.profiler.dir.as_ref().expect("checked above");
+        let id = ProfileId::generate(jiff::Timestamp::now());
+        let input = CheckpointInput {
+            snapshot: &self.snapshot,
+            born: &[],
+            symbolizer: &mut self.symbolizer,
+            dir,
+            max_bytes: self.config.max_profile_bytes(),
+        };
+        let session = Session::start(id, targets, duration, &rss, input).map_err(|err| {
+            Refusal::Storage(format!("cannot write the profile in {}: {err}", dir.path().display()))
+        })?;
+        log::info!("profile {} started for {:?}", session.id, session.duration);
+        let info = self.profile_info(&session);
+        self.profiler.sessions.push(session);
+        Ok(info)
+    }
+
+    fn requested_duration(&self, minutes: Option<f64>) -> Result<Duration, Refusal> {
+        let longest = self.config.max_profile_duration();
+        let Some(minutes) = minutes else { return Ok(DEFAULT_DURATION.min(longest)) };
+        if !minutes.is_finite() || minutes * 60.0 < 1.0 {
+            return Err(Refusal::BadRequest(format!(
+                "duration must be a number of minutes, at least 1 second (0.017); got {minutes}"
+            )));
+        }
+        let duration = Duration::from_secs_f64(minutes * 60.0);
+        if duration > longest {
+            return Err(Refusal::BadRequest(format!(
+                "duration {minutes} minutes is longer than MEMMON_MAX_PROFILE_DURATION_MINUTES={}",
+                self.config.max_profile_duration_minutes
+            )));
+        }
+        Ok(duration)
+    }
+
+    pub fn stop_profiling(&mut self, id: &str) -> Result<wire::ProfileInfo, Refusal> {
+        let index = self.session_index(id)?;
+        if self.profiler.sessions[index].is_running() {
+            self.end_sessions(|session| session.id.as_str() == id, "stopped on request");
+        }
+        Ok(self.profile_info(&self.profiler.sessions[index]))
+    }
+
+    /// Ends every running session (the agent is stopping).
+    pub fn stop_all_profiling(&mut self, reason: &'static str) {
+        self.end_sessions(|_| true, reason);
+    }
+
+    pub fn profile(&self, id: &str) -> Result<wire::ProfileInfo, Refusal> {
+        let index = self.session_index(id)?;
+        Ok(self.profile_info(&self.profiler.sessions[index]))
+    }
+
+    pub fn profiles(&self) -> Vec<wire::ProfileInfo> {
+        self.profiler.sessions.iter().rev().map(|s| self.profile_info(s)).collect()
+    }
+
+    /// The bytes of a profile in the directory: one of this agent's, or an earlier agent's.
+    pub fn profile_bytes(&self, id: &str) -> Result<Vec<u8>, Refusal> {
+        let dir = self.profile_dir()?;
+        let id = ProfileId::parse(id).map_err(Refusal::BadRequest)?;
+        dir.read(&id).map_err(|err| match err.kind() {
+            std::io::ErrorKind::NotFound => Refusal::NotFound(format!("no profile {id} in {}", dir.path().display())),
+            _ => Refusal::Conflict(format!("profile {id} cannot be read: {err}")),
+        })
+    }
+
+    /// Removes profiles older than `days` (default MEMMON_PROFILING_CLEANUP_DAYS), never a
+    /// running session's.
+    pub fn cleanup_profiles(&mut self, days: Option<f64>) -> Result<wire::Cleanup, Refusal> {
+        let dir = self.profile_dir()?;
+        let days = days.unwrap_or(self.config.profiling_cleanup_days);
+        if !days.is_finite() || days < 0.0 {
+            return Err(Refusal::BadRequest(format!("older_than_days must be a number ≥ 0; got {days}")));
+        }
+        let running: HashSet<ProfileId> =
+            self.profiler.sessions.iter().filter(|s| s.is_running()).map(|s| s.id.clone()).collect();
+        let cleanup = dir
+            .cleanup(Duration::from_secs_f64(days * 86_400.0), SystemTime::now(), &running)
+            .map_err(|err| Refusal::Storage(format!("cleaning {} failed: {err}", dir.path().display())))?;
+        let report = wire::Cleanup {
+            directory: dir.path().display().to_string(),
+            older_than_days: days,
+            removed: cleanup
+                .removed
+                .into_iter()
+                .map(|(file, size_bytes, age_days)| wire::RemovedProfile { file, size_bytes, age_days })
+                .collect(),
+            kept: cleanup.kept as u64,
+            skipped: cleanup.skipped.into_iter().map(|(file, reason)| wire::SkippedEntry { file, reason }).collect(),
+        };
+        self.profiler.last_cleanup = Some(Instant::now());
+        Ok(report)
+    }
+
+    /// Once a second: hourly cleanup; for running sessions a fresh snapshot on their
+    /// timelines, checkpoints when due, and the end of those past their duration or whose
+    /// targets have all exited.
+    pub fn tick_profiles(&mut self) {
+        if self.profiler.dir.is_some() && self.profiler.last_cleanup.is_none_or(|at| at.elapsed() >= CLEANUP_PERIOD) {
+            match self.cleanup_profiles(None) {
+                Ok(cleanup) if !cleanup.removed.is_empty() => {
+                    log::info!("removed {} profile(s) older than {} days", cleanup.removed.len(), cleanup.older_than_days)
+                }
+                Ok(_) => {}
+                Err(refusal) => log::warn!("{}", refusal.message()),
+            }
+        }
+        if !self.profiler.sessions.iter().any(Session::is_running) {
+            return;
+        }
+        if let Err(err) = self.refresh() {
+            log::warn!("snapshot for the profiling sessions failed: {err:#}");
+            return;
+        }
+        let rss = self.rss_by_pid();
+        let now = self.snapshot.taken_at_ns;
+        let period = self.config.metrics_update_period();
+        let all_exited = self.all_exited();
+        let mut due: HashMap<ProfileId, Option<&'static str>> = HashMap::new();
+        for session in self.profiler.sessions.iter_mut().filter(|s| s.is_running()) {
+            session.record(&self.snapshot, &rss);
+            let ending = if all_exited {
+                Some("every target exited")
+            } else if session.expired(now) {
+                Some("duration reached")
+            } else {
+                None
+            };
+            if ending.is_some() || session.checkpoint_due(now, period) {
+                due.insert(session.id.clone(), ending);
+            }
+        }
+        self.checkpoint(&due);
+    }
+
+    /// Ends the running sessions `which` selects, with a last checkpoint on a fresh snapshot.
+    fn end_sessions(&mut self, which: impl Fn(&Session) -> bool, reason: &'static str) {
+        if let Err(err) = self.refresh() {
+            log::warn!("final snapshot for the profiling sessions failed: {err:#}; ending them with their last checkpoint");
+        }
+        let rss = self.rss_by_pid();
+        let mut due = HashMap::new();
+        for session in self.profiler.sessions.iter_mut().filter(|s| s.is_running() && which(s)) {
+            session.record(&self.snapshot, &rss);
+            due.insert(session.id.clone(), Some(reason));
+        }
+        self.checkpoint(&due);
+    }
+
+    /// Writes a checkpoint of each session in `due` (ending those with a reason), reading the
+    /// live table once for all of them.
+    fn checkpoint(&mut self, due: &HashMap<ProfileId, Option<&'static str>>) {
+        let Some(dir) = self.profiler.dir.as_ref() else { return };
+        let Some(since) = self.profiler.sessions.iter().filter(|s| due.contains_key(&s.id)).map(Session::start_ns).min()
+        else {
+            return;
+        };
+        let born: Vec<LiveBlock> = match self.tracer.live_blocks_born_since(since) {
+            Ok(born) => born,
+            Err(err) => {
+                log::warn!("reading the live table for the profiles failed: {err:#}");
+                return;
+            }
+        };
+        for session in self.profiler.sessions.iter_mut().filter(|s| due.contains_key(&s.id)) {
+            let input = CheckpointInput {
+                snapshot: &self.snapshot,
+                born: &born,
+                symbolizer: &mut self.symbolizer,
+                dir,
+                max_bytes: self.config.max_profile_bytes(),
+            };
+            session.checkpoint(input, due[&session.id]);
+            if !session.is_running() {
+                log::info!("profile {} {}: {}", session.id, session.state.name(), session.reason);
+            }
+        }
+        self.forget_old_sessions();
+    }
+
+    fn forget_old_sessions(&mut self) {
+        let ended = self.profiler.sessions.iter().filter(|s| !s.is_running()).count();
+        let mut excess = ended.saturating_sub(ENDED_SESSIONS_KEPT);
+        self.profiler.sessions.retain(|s| {
+            let forget = excess > 0 && !s.is_running();
+            excess -= usize::from(forget);
+            !forget
+        });
+    }
+
+    fn session_index(&self, id: &str) -> Result<usize, Refusal> {
+        let dir = self.profile_dir()?;
+        let id = ProfileId::parse(id).map_err(Refusal::BadRequest)?;
+        self.profiler.sessions.iter().position(|s| s.id == id).ok_or_else(|| {
+            Refusal::NotFound(format!(
+                "no profiling session {id} on this agent (its file, if any, is {})",
+                dir.path_of(&id).display()
+            ))
+        })
+    }
+
+    fn rss_by_pid(&self) -> HashMap<u32, u64> {
+        self.memory.iter().map(|(pid, memory)| (*pid, memory.rss_bytes)).collect()
+    }
+
+    fn profile_info(&self, session: &Session) -> wire::ProfileInfo {
+        let written = session.written.as_ref();
+        let file = self.profiler.dir.as_ref().map(|dir| session.path(dir).display().to_string()).unwrap_or_default();
+        let elapsed = match session.is_running() {
+            true => session.elapsed(crate::snapshot::monotonic_ns()),
+            false => written.map_or(Duration::ZERO, |w| w.window),
+        };
+        wire::ProfileInfo {
+            profile_id: session.id.to_string(),
+            state: session.state.name().into(),
+            reason: (!session.reason.is_empty()).then(|| session.reason.clone()),
+            file,
+            pids: session.pids(),
+            started_at: session.started_at.to_string(),
+            duration_seconds: session.duration.as_secs_f64(),
+            elapsed_seconds: elapsed.as_secs_f64(),
+            size_bytes: written.map_or(0, |w| w.size_bytes),
+            checkpoints: session.checkpoints,
+            allocated_bytes: written.map_or(0, |w| w.allocated_bytes),
+            allocations: written.map_or(0, |w| w.allocations),
+            live_bytes: written.map_or(0, |w| w.live_bytes),
+            live_allocations: written.map_or(0, |w| w.live_allocations),
+        }
+    }
+}
