@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod allocator;
+pub mod batch;
 pub mod commands;
 pub mod config;
 pub mod leaks;

@@ -61,6 +61,7 @@ pub struct Symbolizer {
     blazesym: Blazesym,
     maps: HashMap<u32, Vec<Mapping>>,
     cache: HashMap<(u32, u64), Frame>,
+    build_ids: HashMap<PathBuf, Option<String>>,
     pub hits: u64,
     pub misses: u64,
 }
@@ -73,7 +74,7 @@ impl Default for Symbolizer {
 
 impl Symbolizer {
     pub fn new() -> Self {
-        Self { blazesym: Blazesym::new(), maps: HashMap::new(), cache: HashMap::new(), hits: 0, misses: 0 }
+        Self { blazesym: Blazesym::new(), maps: HashMap::new(), cache: HashMap::new(), build_ids: HashMap::new(), hits: 0, misses: 0 }
     }
 
     /// Reads the process' current memory map; kept if the process has already exited.
@@ -112,6 +113,12 @@ impl Symbolizer {
             .get(&pid)
             .map(|maps| maps.iter().map(|m| (m.start, m.end, m.offset, m.object.clone())).collect())
             .unwrap_or_default()
+    }
+
+    /// The GNU build id of an object file, in hex (what pprof and symbol servers match binaries
+    /// by); read once per file.
+    pub fn build_id(&mut self, object: &Path) -> Option<String> {
+        self.build_ids.entry(object.to_path_buf()).or_insert_with(|| read_build_id(object)).clone()
     }
 
     fn resolve(&mut self, pid: u32, addresses: &[u64]) {
@@ -208,4 +215,12 @@ mod tests {
         symbolizer.frames(pid, &[address]);
         assert_eq!((symbolizer.hits, symbolizer.misses), (1, 1));
     }
+}
+
+fn read_build_id(path: &Path) -> Option<String> {
+    use object::Object as _;
+    let data = std::fs::read(path).ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    let id = file.build_id().ok()??;
+    Some(id.iter().map(|b| format!("{b:02x}")).collect())
 }

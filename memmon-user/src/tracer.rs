@@ -2,6 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    os::fd::AsFd as _,
     num::NonZeroU32,
     sync::Arc,
 };
@@ -9,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap},
+    maps::{Array, HashMap as BpfHashMap, Map},
     programs::{RawTracePoint, UProbe, uprobe::UProbeScope},
 };
 use memmon_common::{
@@ -192,19 +193,26 @@ impl Tracer {
         self.live_blocks(|block| block.born_ns >= since_ns)
     }
 
-    /// One pass over the live table.
+    /// One pass over the live table (batched; aya's iterator where the kernel refuses batches).
     fn live_blocks(&self, keep: impl Fn(&LiveBlock) -> bool) -> Result<Vec<LiveBlock>> {
-        let live: BpfHashMap<_, LiveKey, LiveAlloc> =
-            BpfHashMap::try_from(self.ebpf.map("LIVE").context("LIVE map")?)?;
-        let mut blocks = Vec::new();
-        for entry in live.iter() {
-            let Ok((key, block)) = entry else { continue }; // freed while we iterated
+        let map = self.ebpf.map("LIVE").context("LIVE map")?;
+        let block = |key: &LiveKey, block: &LiveAlloc| {
             let block = LiveBlock { pid: key.tgid, site: block.site, size: block.size, born_ns: block.timestamp_ns };
-            if keep(&block) {
-                blocks.push(block);
+            keep(&block).then_some(block)
+        };
+        if let Map::HashMap(data) = map {
+            let mut blocks = Vec::new();
+            let batched = crate::batch::for_each_entry::<LiveKey, LiveAlloc>(data.fd().as_fd(), 8192, |key, live| {
+                blocks.extend(block(key, live));
+            });
+            match batched {
+                Ok(()) => return Ok(blocks),
+                Err(err) => log::debug!("{err}; reading the live table entry by entry"),
             }
         }
-        Ok(blocks)
+        let live: BpfHashMap<_, LiveKey, LiveAlloc> = BpfHashMap::try_from(map)?;
+        // An entry freed while we iterate is skipped.
+        Ok(live.iter().filter_map(|entry| entry.ok()).filter_map(|(key, live)| block(&key, &live)).collect())
     }
 
     fn site_samples(&mut self, map: &str) -> Result<Vec<SiteSample>> {

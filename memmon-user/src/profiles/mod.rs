@@ -54,7 +54,7 @@ pub fn heap_profile(
                     start,
                     limit,
                     file_offset,
-                    build_id: build_id(&path).unwrap_or_default(),
+                    build_id: symbolizer.build_id(&path).unwrap_or_default(),
                     path: path.to_string_lossy().into_owned(),
                 },
             ));
@@ -83,13 +83,4 @@ pub fn heap_profile(
         .collect();
     let mappings = mappings.into_iter().map(|(_, m)| m).collect();
     pprof::HeapProfile { time_nanos, duration_nanos, mappings, samples, comments }
-}
-
-/// The GNU build id of an ELF file, in hex (what pprof and symbol servers match binaries by).
-fn build_id(path: &std::path::Path) -> Option<String> {
-    use object::Object as _;
-    let data = std::fs::read(path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
-    let id = file.build_id().ok()??;
-    Some(id.iter().map(|b| format!("{b:02x}")).collect())
 }
