@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use memmon::{agent, commands::Client, config::AgentConfig};
+use memmon::{agent, commands::Client, config::AgentConfig, profiles::report::ReportArgs};
 
 /// memmon: where a running process' memory goes, and what leaks.
 #[derive(Parser)]
@@ -31,6 +31,8 @@ enum Command {
     MemorySummary(Client),
     /// Take a snapshot now and show the summary.
     UpdateMetrics(Client),
+    /// Offline views of a saved profile: flamegraph (SVG), table, tree, summary.
+    Report(ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::CheckLeaks { client, verbose } => client.check_leaks(verbose),
         Command::MemorySummary(client) => client.memory_summary(),
         Command::UpdateMetrics(client) => client.update_metrics(),
+        Command::Report(args) => memmon::profiles::report::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 
 pub mod meta;
 pub mod pprof;
+pub mod report;
 
 use std::{collections::BTreeSet, sync::Arc};
 
