@@ -58,7 +58,8 @@ fn profile() -> &'static Path {
             events_lost: Default::default(),
         };
         let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
-        let profile = heap_profile(&since_attach(&snapshot), &mut Symbolizer::new(), start, 2_000_000_000, meta.to_comments());
+        let profile =
+            heap_profile(&since_attach(&snapshot), &mut Symbolizer::new(), start, 2_000_000_000, meta.to_comments());
         let path = scratch().join("ground_truth.pb.gz");
         std::fs::write(&path, pprof::encode_gzipped(&profile).unwrap()).unwrap();
         path
@@ -96,7 +97,11 @@ fn table_shows_exact_bytes_per_site() {
     assert!(first_row.contains(" leak_exactly  ("), "the largest live site comes first: {live}");
     let leak = table_rows(&live, "leak_exactly");
     assert_eq!(leak.len(), 1, "{live}");
-    assert_eq!(leak[0][2..10], [LEAK_BYTES, "100", "102.5", "KiB", LEAK_BYTES, "100", "ground_truth", "leak_exactly"], "{live}");
+    assert_eq!(
+        leak[0][2..10],
+        [LEAK_BYTES, "100", "102.5", "KiB", LEAK_BYTES, "100", "ground_truth", "leak_exactly"],
+        "{live}"
+    );
     assert!(leak[0].iter().any(|f| f.contains("ground_truth.c:")), "file:line of the call: {live}");
     assert!(table_rows(&live, "churn_everything").is_empty(), "churn holds nothing live: {live}");
 
@@ -107,7 +112,10 @@ fn table_shows_exact_bytes_per_site() {
     let count: u64 = churn.iter().map(|row| row[7].parse::<u64>().unwrap()).sum();
     assert_eq!((bytes, count), (CHURN_BYTES, 5000), "{allocated}");
     assert!(churn.iter().all(|row| row[2] == "0"), "{allocated}");
-    assert!(allocated.lines().nth(3).unwrap().contains(" churn_everything  ("), "128000 bytes of realloc first: {allocated}");
+    assert!(
+        allocated.lines().nth(3).unwrap().contains(" churn_everything  ("),
+        "128000 bytes of realloc first: {allocated}"
+    );
 
     let top = view(&["table", file, "--sample", "alloc", "--top", "2"]);
     assert_eq!(top.lines().count(), 6, "title, totals, header, 2 rows, what was left out: {top}");
@@ -120,7 +128,10 @@ fn tree_shows_self_and_inclusive_bytes() {
     let tree = view(&["tree", file]);
     // [inclusive, unit, bytes, %, self, unit, bytes, %, connectors…, function]
     let node = |tree: &str, function: &str| -> Vec<u64> {
-        let line = tree.lines().find(|l| l.ends_with(&format!(" {function}"))).unwrap_or_else(|| panic!("no {function}: {tree}"));
+        let line = tree
+            .lines()
+            .find(|l| l.ends_with(&format!(" {function}")))
+            .unwrap_or_else(|| panic!("no {function}: {tree}"));
         let fields: Vec<&str> = line.split_whitespace().collect();
         vec![fields[2].parse().unwrap(), fields[6].parse().unwrap()]
     };
@@ -150,12 +161,22 @@ fn summary_totals_peaks_and_top_functions_are_exact() {
     }
     let row = |function: &str, after: &str| {
         let section = summary.split(after).nth(1).unwrap();
-        section.lines().find(|l| l.contains(&format!("  {function}  ("))).map(|l| l.split_whitespace().take(4).collect::<Vec<_>>())
+        section
+            .lines()
+            .find(|l| l.contains(&format!("  {function}  (")))
+            .map(|l| l.split_whitespace().take(4).collect::<Vec<_>>())
     };
     assert_eq!(row("leak_exactly", "by live bytes"), Some(vec!["102.5", "KiB", LEAK_BYTES, "100"]), "{summary}");
-    assert_eq!(row("churn_everything", "by bytes allocated"), Some(vec!["343.8", "KiB", "352000", "5000"]), "{summary}");
+    assert_eq!(
+        row("churn_everything", "by bytes allocated"),
+        Some(vec!["343.8", "KiB", "352000", "5000"]),
+        "{summary}"
+    );
     let library = summary.split("bytes by library").nth(1).unwrap();
-    assert!(library.lines().any(|l| l.ends_with("  ground_truth") && l.contains(&format!(" {LEAK_BYTES} "))), "{summary}");
+    assert!(
+        library.lines().any(|l| l.ends_with("  ground_truth") && l.contains(&format!(" {LEAK_BYTES} "))),
+        "{summary}"
+    );
 }
 
 #[test]
@@ -163,12 +184,17 @@ fn files_that_are_not_profiles_are_one_line_errors() {
     let missing = scratch().join("missing.pb.gz");
     let (code, stdout, stderr) = report(&["summary", missing.to_str().unwrap()]);
     assert_eq!((code, stdout.as_str()), (1, ""));
-    assert_eq!(stderr, format!("memmon: error: cannot read profile {}: No such file or directory (os error 2)\n", missing.display()));
+    assert_eq!(
+        stderr,
+        format!("memmon: error: cannot read profile {}: No such file or directory (os error 2)\n", missing.display())
+    );
     let text = scratch().join("notes.txt");
     std::fs::write(&text, "not a profile\n").unwrap();
     let (code, _, stderr) = report(&["table", text.to_str().unwrap()]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.starts_with("memmon: error: ") && stderr.contains("not a heap profile") && stderr.lines().count() == 1, "{stderr}");
+    let expected =
+        format!("memmon: error: cannot read profile {}: not a pprof profile (profile.proto): ", text.display());
+    assert!(stderr.starts_with(&expected) && stderr.lines().count() == 1, "{stderr}");
 }
 
 /// Runs in the SVG after inferno's own `init` (its onload, which lays out labels in a 0 ms

@@ -48,7 +48,13 @@ pub fn heap_profile() -> HeapProfile {
         time_nanos: START_NANOS,
         duration_nanos: 60_000_000_000,
         mappings: vec![
-            MappingInfo { start: 0x1000, limit: 0x9000, file_offset: 0, path: "/usr/bin/app".into(), build_id: String::new() },
+            MappingInfo {
+                start: 0x1000,
+                limit: 0x9000,
+                file_offset: 0,
+                path: "/usr/bin/app".into(),
+                build_id: String::new(),
+            },
             MappingInfo {
                 start: 0x7000_0000,
                 limit: 0x7010_0000,
@@ -58,9 +64,15 @@ pub fn heap_profile() -> HeapProfile {
             },
         ],
         samples: vec![
-            sample(vec![app(0x1100, "leak_exactly", 10), app(0x1200, "handle", 20), app(0x1300, "main", 30)], [100, 104_950, 100, 104_950]),
+            sample(
+                vec![app(0x1100, "leak_exactly", 10), app(0x1200, "handle", 20), app(0x1300, "main", 30)],
+                [100, 104_950, 100, 104_950],
+            ),
             sample(vec![app(0x1400, "churn", 40), app(0x1310, "main", 31)], [5000, 352_000, 0, 0]),
-            sample(vec![libc(0x7000_1000, "strdup"), app(0x1210, "handle", 21), app(0x1300, "main", 30)], [10, 2000, 4, 800]),
+            sample(
+                vec![libc(0x7000_1000, "strdup"), app(0x1210, "handle", 21), app(0x1300, "main", 30)],
+                [10, 2000, 4, 800],
+            ),
             sample(vec![app(0x1110, "leak_exactly", 11), app(0x1320, "main", 32)], [1, 50, 1, 50]),
         ],
         comments: meta().to_comments(),

@@ -37,19 +37,22 @@ pub fn render(model: &Model, measure: Measure) -> Result<String> {
     options.count_name = measure.unit().into();
     options.name_type = "Function:".into();
     let mut svg = Vec::new();
-    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg).context("drawing the flame graph")?;
+    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)
+        .context("drawing the flame graph")?;
     String::from_utf8(svg).context("inferno wrote an SVG that is not UTF-8")
 }
 
 /// inferno's input: "root;…;leaf value", one line per distinct path, zero values left out.
 fn folded_stacks(model: &Model, measure: Measure) -> BTreeMap<String, u64> {
     let mut folded = BTreeMap::new();
+    let process_roots = model.has_several_processes();
     for stack in &model.stacks {
         let value = measure.of(&stack.values);
         if value == 0 {
             continue;
         }
-        let mut names: Vec<String> = model.call_path(stack).iter().map(|name| frame_name(name)).collect();
+        let mut names: Vec<String> =
+            model.call_path(stack, process_roots).iter().map(|name| frame_name(name)).collect();
         if let Some(frame) = stack.allocating_frame().filter(|f| f.file.is_some()) {
             names.push(frame_name(&frame.location()));
         }
@@ -110,7 +113,8 @@ mod tests {
             ("main;leak_exactly;app.c:11".to_string(), 50),
         ]);
         assert_eq!(folded, expected, "churn has no live bytes; strdup has no line information");
-        let by_process = folded_stacks(&fixtures::two_process_model(), Measure { sample: Sample::Alloc, by: By::Count });
+        let by_process =
+            folded_stacks(&fixtures::two_process_model(), Measure { sample: Sample::Alloc, by: By::Count });
         assert_eq!(by_process["pid 8;main;worker;grow;app.c:50"], 2);
         assert_eq!(by_process["pid 7 (app);main;churn;app.c:40"], 5000);
     }
@@ -131,7 +135,10 @@ mod tests {
         ] {
             assert!(svg.contains(title), "{title} in {svg}");
         }
-        assert!(svg.contains("function search(") && svg.contains("function zoom("), "inferno's script for search and zoom");
+        assert!(
+            svg.contains("function search(") && svg.contains("function zoom("),
+            "inferno's script for search and zoom"
+        );
         assert!(svg.trim_end().ends_with("</svg>"));
     }
 

@@ -109,7 +109,12 @@ mod tests {
         let values = Values { alloc_objects: 1, alloc_space: 2, inuse_objects: 3, inuse_space: 4 };
         let read = |sample, by| Measure { sample, by }.of(&values);
         assert_eq!(
-            [read(Sample::Alloc, By::Count), read(Sample::Alloc, By::Bytes), read(Sample::Inuse, By::Count), read(Sample::Inuse, By::Bytes)],
+            [
+                read(Sample::Alloc, By::Count),
+                read(Sample::Alloc, By::Bytes),
+                read(Sample::Inuse, By::Count),
+                read(Sample::Inuse, By::Bytes)
+            ],
             [1, 2, 3, 4]
         );
         assert_eq!(Measure::default().sample_type(), "inuse_space");

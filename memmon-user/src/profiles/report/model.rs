@@ -6,7 +6,10 @@
 //! keeps every view a plain function over this model. Sample types are looked up by name, so a
 //! heap profile from another producer (Go, jemalloc's pprof output, …) reads the same way.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    borrow::Cow,
+    collections::{BTreeSet, HashMap},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -147,14 +150,19 @@ impl Model {
         self.stacks.iter().filter_map(|s| s.pid).collect()
     }
 
+    /// Whether stacks of different processes must be told apart.
+    pub fn has_several_processes(&self) -> bool {
+        self.pids().len() > 1
+    }
+
     /// Names for the stack's frames from the root down, with a first frame naming the process
-    /// when the profile holds several (so that their stacks do not merge).
-    pub fn call_path<'a>(&self, stack: &'a Stack) -> Vec<std::borrow::Cow<'a, str>> {
+    /// if `process_roots` (`has_several_processes`, so that their stacks do not merge).
+    pub fn call_path<'a>(&self, stack: &'a Stack, process_roots: bool) -> Vec<Cow<'a, str>> {
         let mut path = Vec::with_capacity(stack.frames.len() + 1);
-        if let Some(pid) = stack.pid.filter(|_| self.pids().len() > 1) {
-            path.push(std::borrow::Cow::Owned(self.process_name(pid)));
+        if let Some(pid) = stack.pid.filter(|_| process_roots) {
+            path.push(Cow::Owned(self.process_name(pid)));
         }
-        path.extend(stack.frames.iter().rev().map(|f| std::borrow::Cow::Borrowed(f.function.as_str())));
+        path.extend(stack.frames.iter().rev().map(|f| Cow::Borrowed(f.function.as_str())));
         path
     }
 
@@ -182,8 +190,9 @@ fn sample_columns(profile: &pprof::Profile, strings: &Strings) -> Result<[usize;
     for (column, wanted) in columns.iter_mut().zip(SAMPLE_TYPES) {
         match names.iter().position(|name| *name == wanted) {
             Some(index) => *column = index,
+            None if names.is_empty() => bail!("not a heap profile: it has no sample types"),
             None => bail!(
-                "not a heap profile: its sample types are [{}], a heap profile has {}",
+                "not a heap profile: its sample types are {}, a heap profile has {}",
                 names.join(", "),
                 SAMPLE_TYPES.join(", ")
             ),
@@ -200,7 +209,12 @@ fn location_frames(
     strings: &Strings,
 ) -> Result<Vec<Frame>> {
     if location.line.is_empty() {
-        let unknown = Frame { function: format!("{:#x}", location.address), module, address: location.address, ..Frame::default() };
+        let unknown = Frame {
+            function: format!("{:#x}", location.address),
+            module,
+            address: location.address,
+            ..Frame::default()
+        };
         return Ok(vec![unknown]);
     }
     location
@@ -253,7 +267,10 @@ mod tests {
         let model = fixtures::model();
         let leak = &model.stacks[0];
         assert_eq!(leak.pid, Some(7));
-        assert_eq!(leak.values, Values { alloc_objects: 100, alloc_space: 104_950, inuse_objects: 100, inuse_space: 104_950 });
+        assert_eq!(
+            leak.values,
+            Values { alloc_objects: 100, alloc_space: 104_950, inuse_objects: 100, inuse_space: 104_950 }
+        );
         let names: Vec<&str> = leak.frames.iter().map(|f| f.function.as_str()).collect();
         assert_eq!(names, ["leak_exactly", "handle", "main"]);
         let frame = leak.allocating_frame().unwrap();
@@ -275,9 +292,16 @@ mod tests {
     #[test]
     fn profiles_that_are_not_heap_profiles_are_refused() {
         let error = Model::from_pprof(&pprof::Profile::default()).unwrap_err();
+        assert_eq!(error.to_string(), "not a heap profile: it has no sample types");
+        let mut cpu = pprof::build(&fixtures::heap_profile());
+        cpu.string_table.extend(["samples".into(), "cpu".into()]);
+        cpu.sample_type = vec![
+            pprof::ValueType { r#type: cpu.string_table.len() as i64 - 2, unit: 0 },
+            pprof::ValueType { r#type: cpu.string_table.len() as i64 - 1, unit: 0 },
+        ];
         assert_eq!(
-            error.to_string(),
-            "not a heap profile: its sample types are [], a heap profile has alloc_objects, alloc_space, inuse_objects, inuse_space"
+            Model::from_pprof(&cpu).unwrap_err().to_string(),
+            "not a heap profile: its sample types are samples, cpu, a heap profile has alloc_objects, alloc_space, inuse_objects, inuse_space"
         );
         let mut profile = pprof::build(&fixtures::heap_profile());
         profile.sample[0].location_id.push(999);
@@ -295,13 +319,15 @@ mod tests {
         assert!(!model.has_meta());
         assert!(model.pids().is_empty());
         assert_eq!(model.name(), "heap profile");
-        assert_eq!(model.call_path(&model.stacks[0]), ["main", "handle", "leak_exactly"]);
+        assert!(!model.has_several_processes());
+        assert_eq!(model.call_path(&model.stacks[0], false), ["main", "handle", "leak_exactly"]);
     }
 
     #[test]
     fn several_processes_get_a_root_frame_each() {
         let model = fixtures::two_process_model();
-        let path = model.call_path(&model.stacks[0]);
+        assert!(model.has_several_processes());
+        let path = model.call_path(&model.stacks[0], true);
         assert_eq!(path, ["pid 7 (app)", "main", "handle", "leak_exactly"]);
         assert_eq!(model.process_name(8), "pid 8");
     }

@@ -19,12 +19,17 @@ const TIMELINE_ROWS: usize = 8;
 pub fn render(model: &Model, top: usize) -> String {
     let mut out = String::new();
     let meta = &model.meta;
-    let _ = writeln!(out, "{}", if model.has_meta() { model.name() } else { "heap profile (no memmon metadata)".into() });
+    let _ =
+        writeln!(out, "{}", if model.has_meta() { model.name() } else { "heap profile (no memmon metadata)".into() });
     if model.has_meta() {
         let reason = if meta.reason.is_empty() { String::new() } else { format!(" ({})", meta.reason) };
         let _ = writeln!(out, "  state: {}{reason}", meta.state.name());
         let targets: Vec<String> = meta.targets.iter().map(|t| model.process_name(t.pid)).collect();
-        let _ = writeln!(out, "  targets: {}", if targets.is_empty() { "none recorded".into() } else { targets.join(", ") });
+        let _ = writeln!(
+            out,
+            "  targets: {}",
+            if targets.is_empty() { "none recorded".into() } else { targets.join(", ") }
+        );
     }
     let _ = writeln!(out, "  window: {}", window(model));
     let totals = model.totals();
@@ -34,7 +39,12 @@ pub fn render(model: &Model, top: usize) -> String {
         Measure { sample: Sample::Alloc, by: By::Bytes }.describe(totals.alloc_space),
         totals.alloc_objects
     );
-    let _ = writeln!(out, "  live at end of window: {} in {} blocks", Measure::default().describe(totals.inuse_space), totals.inuse_objects);
+    let _ = writeln!(
+        out,
+        "  live at end of window: {} in {} blocks",
+        Measure::default().describe(totals.inuse_space),
+        totals.inuse_objects
+    );
     if !meta.timeline.is_empty() {
         timeline(&mut out, model);
     }
@@ -56,7 +66,9 @@ pub fn render(model: &Model, top: usize) -> String {
 fn window(model: &Model) -> String {
     let window = model.window;
     let seconds = window.duration_nanos as f64 / 1e9;
-    let start = jiff::Timestamp::from_nanosecond(i128::from(window.start_unix_nanos)).ok().filter(|_| window.start_unix_nanos != 0);
+    let start = jiff::Timestamp::from_nanosecond(i128::from(window.start_unix_nanos))
+        .ok()
+        .filter(|_| window.start_unix_nanos != 0);
     match start {
         Some(start) => format!("{} UTC, {seconds:.1} s", start.strftime("%Y-%m-%d %H:%M:%S")),
         None if window.duration_nanos != 0 => format!("start not recorded, {seconds:.1} s"),
@@ -81,7 +93,8 @@ fn timeline(out: &mut String, model: &Model) {
     for (pid, mut points) in by_pid {
         points.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
         let _ = writeln!(out, "  memory of {} over the window:", model.process_name(pid));
-        let _ = writeln!(out, "  {:>10}  {:>10} {:>12}  {:>10} {:>12}", "SECONDS", "RSS", "BYTES", "LIVE HEAP", "BYTES");
+        let _ =
+            writeln!(out, "  {:>10}  {:>10} {:>12}  {:>10} {:>12}", "SECONDS", "RSS", "BYTES", "LIVE HEAP", "BYTES");
         for point in sampled(&points) {
             let _ = writeln!(
                 out,
@@ -101,7 +114,8 @@ fn sampled<'a>(points: &[&'a TimelinePoint]) -> Vec<&'a TimelinePoint> {
     let last = points.len().saturating_sub(1);
     let rows = TIMELINE_ROWS.min(points.len());
     let mut chosen: Vec<usize> = (0..rows).map(|i| if rows == 1 { 0 } else { i * last / (rows - 1) }).collect();
-    let peak = |key: fn(&TimelinePoint) -> u64| (0..points.len()).max_by_key(|&i| (key(points[i]), std::cmp::Reverse(i)));
+    let peak =
+        |key: fn(&TimelinePoint) -> u64| (0..points.len()).max_by_key(|&i| (key(points[i]), std::cmp::Reverse(i)));
     chosen.extend(peak(|p| p.rss_bytes));
     chosen.extend(peak(|p| p.heap_live_bytes));
     chosen.sort_unstable();
@@ -113,13 +127,16 @@ fn sampled<'a>(points: &[&'a TimelinePoint]) -> Vec<&'a TimelinePoint> {
 fn top_functions(out: &mut String, model: &Model, sample: Sample, top: usize) {
     let mut functions: BTreeMap<&str, (Values, &str)> = BTreeMap::new();
     for stack in &model.stacks {
-        let (name, module) = stack.allocating_frame().map_or(("[unknown stack]", ""), |f| (f.function.as_str(), f.module.as_str()));
+        let (name, module) =
+            stack.allocating_frame().map_or(("[unknown stack]", ""), |f| (f.function.as_str(), f.module.as_str()));
         functions.entry(name).or_insert((Values::default(), module)).0 += stack.values;
     }
     let bytes = Measure { sample, by: By::Bytes };
     let count = Measure { sample, by: By::Count };
     let mut ranked: Vec<_> = functions.into_iter().filter(|(_, (values, _))| bytes.of(values) > 0).collect();
-    ranked.sort_by(|a, b| (bytes.of(&b.1.0), count.of(&b.1.0)).cmp(&(bytes.of(&a.1.0), count.of(&a.1.0))).then(a.0.cmp(b.0)));
+    ranked.sort_by(|a, b| {
+        (bytes.of(&b.1.0), count.of(&b.1.0)).cmp(&(bytes.of(&a.1.0), count.of(&a.1.0))).then(a.0.cmp(b.0))
+    });
     let heading = match sample {
         Sample::Inuse => "top functions by live bytes at end of window (self)",
         Sample::Alloc => "top functions by bytes allocated during window (self)",
@@ -131,7 +148,13 @@ fn top_functions(out: &mut String, model: &Model, sample: Sample, top: usize) {
     let _ = writeln!(out, "  {heading}:");
     for (name, (values, module)) in ranked.iter().take(top) {
         let module = if module.is_empty() { String::new() } else { format!("  ({module})") };
-        let _ = writeln!(out, "    {} {:>8} {:<11}  {name}{module}", bytes.cell(bytes.of(values)), count.of(values), count.unit());
+        let _ = writeln!(
+            out,
+            "    {} {:>8} {:<11}  {name}{module}",
+            bytes.cell(bytes.of(values)),
+            count.of(values),
+            count.unit()
+        );
     }
     if ranked.len() > top {
         let _ = writeln!(out, "    … {} more", ranked.len() - top);
@@ -142,13 +165,16 @@ fn top_functions(out: &mut String, model: &Model, sample: Sample, top: usize) {
 fn by_library(out: &mut String, model: &Model) {
     let mut libraries: BTreeMap<&str, Values> = BTreeMap::new();
     for stack in &model.stacks {
-        let module = stack.allocating_frame().map(|f| f.module.as_str()).filter(|m| !m.is_empty()).unwrap_or("[unknown]");
+        let module =
+            stack.allocating_frame().map(|f| f.module.as_str()).filter(|m| !m.is_empty()).unwrap_or("[unknown]");
         *libraries.entry(module).or_default() += stack.values;
     }
     let mut ranked: Vec<(&str, Values)> = libraries.into_iter().collect();
-    ranked.sort_by(|a, b| (b.1.inuse_space, b.1.alloc_space).cmp(&(a.1.inuse_space, a.1.alloc_space)).then(a.0.cmp(b.0)));
+    ranked
+        .sort_by(|a, b| (b.1.inuse_space, b.1.alloc_space).cmp(&(a.1.inuse_space, a.1.alloc_space)).then(a.0.cmp(b.0)));
     let _ = writeln!(out, "  bytes by library (of the allocating function):");
-    let _ = writeln!(out, "    {:>10} {:>12}  {:>10} {:>12}  LIBRARY", "LIVE", "LIVE BYTES", "ALLOCATED", "ALLOC BYTES");
+    let _ =
+        writeln!(out, "    {:>10} {:>12}  {:>10} {:>12}  LIBRARY", "LIVE", "LIVE BYTES", "ALLOCATED", "ALLOC BYTES");
     for (library, values) in ranked {
         let _ = writeln!(
             out,
@@ -214,7 +240,12 @@ memmon profile p1
             reason: "size cap reached".into(),
             events_lost: [("live_table_full".to_string(), 3)].into(),
             timeline: (0..100)
-                .map(|i| TimelinePoint { pid: 7, seconds: i as f64, rss_bytes: if i == 41 { 9_000_000 } else { 1000 }, heap_live_bytes: i })
+                .map(|i| TimelinePoint {
+                    pid: 7,
+                    seconds: i as f64,
+                    rss_bytes: if i == 41 { 9_000_000 } else { 1000 },
+                    heap_live_bytes: i,
+                })
                 .collect(),
             ..fixtures::meta()
         };
@@ -238,7 +269,10 @@ memmon profile p1
         model.meta = ProfileMeta::default();
         model.window.start_unix_nanos = 0;
         let summary = render(&model, 10);
-        assert!(summary.starts_with("heap profile (no memmon metadata)\n  window: start not recorded, 60.0 s\n  allocated"), "{summary}");
+        assert!(
+            summary.starts_with("heap profile (no memmon metadata)\n  window: start not recorded, 60.0 s\n  allocated"),
+            "{summary}"
+        );
         for absent in ["state:", "targets:", "peak", "events lost"] {
             assert!(!summary.contains(absent), "{absent}: {summary}");
         }

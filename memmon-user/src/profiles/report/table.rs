@@ -23,7 +23,8 @@ pub fn render(model: &Model, measure: Measure, top: usize) -> String {
     let mut sites: Vec<&Stack> = model.stacks.iter().filter(|s| measure.of(&s.values) > 0).collect();
     // Largest first; ties by the other unit of the same sample, then by name, so the order is
     // stable from run to run.
-    let other = Measure { by: if measure.by == super::By::Bytes { super::By::Count } else { super::By::Bytes }, ..measure };
+    let other =
+        Measure { by: if measure.by == super::By::Bytes { super::By::Count } else { super::By::Bytes }, ..measure };
     sites.sort_by(|a, b| {
         (measure.of(&b.values), other.of(&b.values))
             .cmp(&(measure.of(&a.values), other.of(&a.values)))
@@ -43,7 +44,7 @@ pub fn render(model: &Model, measure: Measure, top: usize) -> String {
     }
 
     let shown = &sites[..top.min(sites.len())];
-    let with_pid = model.pids().len() > 1;
+    let with_pid = model.has_several_processes();
     let module_width = shown.iter().map(|s| module(s).len()).max().unwrap_or(0).max("MODULE".len());
     let pid_header = if with_pid { format!("{:>7} ", "PID") } else { String::new() };
     let _ = writeln!(
@@ -116,7 +117,12 @@ mod tests {
 
     /// The function column of each row, in order.
     fn functions(table: &str) -> Vec<&str> {
-        table.lines().skip(3).filter(|l| !l.trim_start().starts_with('…')).map(|l| l.split("  (").next().unwrap().rsplit(' ').next().unwrap()).collect()
+        table
+            .lines()
+            .skip(3)
+            .filter(|l| !l.trim_start().starts_with('…'))
+            .map(|l| l.split("  (").next().unwrap().rsplit(' ').next().unwrap())
+            .collect()
     }
 
     #[test]
@@ -129,9 +135,15 @@ mod tests {
             lines[3],
             "   102.5 KiB       104950      100  102.5 KiB       104950      100  app        leak_exactly  (app.c:10)  ← handle ← main"
         );
-        assert_eq!(lines[4], "       800 B          800        4    2.0 KiB         2000       10  libc.so.6  strdup  (libc.so.6)  ← handle ← main");
+        assert_eq!(
+            lines[4],
+            "       800 B          800        4    2.0 KiB         2000       10  libc.so.6  strdup  (libc.so.6)  ← handle ← main"
+        );
         assert_eq!(functions(&table), ["leak_exactly", "strdup", "leak_exactly"]);
-        assert!(lines[2].contains("LIVE BYTES") && lines[2].contains("ALLOC BYTES") && lines[2].contains("MODULE"), "{table}");
+        assert!(
+            lines[2].contains("LIVE BYTES") && lines[2].contains("ALLOC BYTES") && lines[2].contains("MODULE"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -149,7 +161,10 @@ mod tests {
     fn top_says_what_was_left_out() {
         let table = render(&fixtures::model(), Measure { sample: Sample::Alloc, by: By::Bytes }, 2);
         assert_eq!(functions(&table), ["churn", "leak_exactly"]);
-        assert!(table.ends_with("  … 2 more sites with 2.0 KiB (2050 bytes) (0.4%) not shown; --top 4 shows all\n"), "{table}");
+        assert!(
+            table.ends_with("  … 2 more sites with 2.0 KiB (2050 bytes) (0.4%) not shown; --top 4 shows all\n"),
+            "{table}"
+        );
     }
 
     #[test]

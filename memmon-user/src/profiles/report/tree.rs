@@ -26,6 +26,7 @@ struct Node {
 /// The call tree of `model` weighed by `measure`, pruned below `min_percent` of the total.
 pub fn render(model: &Model, measure: Measure, min_percent: f64) -> String {
     let mut roots = Node::default();
+    let process_roots = model.has_several_processes();
     for stack in &model.stacks {
         let value = measure.of(&stack.values);
         if value == 0 {
@@ -33,7 +34,7 @@ pub fn render(model: &Model, measure: Measure, min_percent: f64) -> String {
         }
         roots.inclusive += value;
         let mut node = &mut roots;
-        for name in model.call_path(stack) {
+        for name in model.call_path(stack, process_roots) {
             node = node.children.entry(name.into_owned()).or_default();
             node.inclusive += value;
         }
@@ -52,7 +53,14 @@ pub fn render(model: &Model, measure: Measure, min_percent: f64) -> String {
     if total == 0 {
         return drawing.out;
     }
-    let _ = writeln!(drawing.out, "  {} {:>6}  {} {:>6}  CALLS", measure.header("INCLUSIVE"), "%", measure.header("SELF"), "%");
+    let _ = writeln!(
+        drawing.out,
+        "  {} {:>6}  {} {:>6}  CALLS",
+        measure.header("INCLUSIVE"),
+        "%",
+        measure.header("SELF"),
+        "%"
+    );
     drawing.level(&roots.children, "", true);
     if drawing.pruned_nodes > 0 {
         let _ = writeln!(
@@ -142,8 +150,14 @@ memmon profile p1: call tree of live bytes at end of window (inuse_space), total
     #[test]
     fn nothing_is_pruned_at_zero_percent_and_zero_nodes_are_skipped() {
         let tree = render(&fixtures::model(), Measure::default(), 0.0);
-        assert!(tree.contains("       800 B          800   0.8%       800 B          800   0.8%  │  └─ strdup\n"), "{tree}");
-        assert!(tree.contains("        50 B           50   0.0%        50 B           50   0.0%  └─ leak_exactly\n"), "{tree}");
+        assert!(
+            tree.contains("       800 B          800   0.8%       800 B          800   0.8%  │  └─ strdup\n"),
+            "{tree}"
+        );
+        assert!(
+            tree.contains("        50 B           50   0.0%        50 B           50   0.0%  └─ leak_exactly\n"),
+            "{tree}"
+        );
         assert!(!tree.contains("churn"), "churn holds no live bytes: {tree}");
         assert!(!tree.contains('…'), "{tree}");
     }
@@ -152,7 +166,10 @@ memmon profile p1: call tree of live bytes at end of window (inuse_space), total
     fn allocations_by_count_put_churn_first() {
         let tree = render(&fixtures::model(), Measure { sample: Sample::Alloc, by: By::Count }, 1.0);
         let lines: Vec<&str> = tree.lines().collect();
-        assert_eq!(lines[0], "memmon profile p1: call tree of allocations during window (alloc_objects), total 5111 allocations");
+        assert_eq!(
+            lines[0],
+            "memmon profile p1: call tree of allocations during window (alloc_objects), total 5111 allocations"
+        );
         assert_eq!(lines[1], "     INCLUSIVE      %          SELF      %  CALLS");
         assert_eq!(lines[2], "          5111 100.0%             0   0.0%  main");
         assert_eq!(lines[3], "          5000  97.8%          5000  97.8%  ├─ churn");
@@ -162,9 +179,13 @@ memmon profile p1: call tree of live bytes at end of window (inuse_space), total
     #[test]
     fn processes_are_roots() {
         let tree = render(&fixtures::two_process_model(), Measure::default(), 0.0);
-        let roots: Vec<&str> = tree.lines().filter(|l| l.contains("%  pid ")).map(|l| l.split("%  ").last().unwrap()).collect();
+        let roots: Vec<&str> =
+            tree.lines().filter(|l| l.contains("%  pid ")).map(|l| l.split("%  ").last().unwrap()).collect();
         assert_eq!(roots, ["pid 7 (app)", "pid 8"]);
-        assert!(tree.contains("   4.0 KiB         4096   3.7%     4.0 KiB         4096   3.7%        └─ grow\n"), "{tree}");
+        assert!(
+            tree.contains("   4.0 KiB         4096   3.7%     4.0 KiB         4096   3.7%        └─ grow\n"),
+            "{tree}"
+        );
     }
 
     #[test]
