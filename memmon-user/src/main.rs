@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use memmon::{agent, commands::Client, config::AgentConfig};
+use memmon::{agent, commands::Client, config::AgentConfig, profiles::report::ReportArgs};
 
 /// memmon: where a running process' memory goes, and what leaks.
 #[derive(Parser)]
@@ -56,6 +56,8 @@ enum Command {
         #[arg(long, value_name = "DAYS")]
         older_than_days: Option<f64>,
     },
+    /// Offline views of a saved profile: flamegraph (SVG), table, tree, summary.
+    Report(ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::StartProfiling { client, duration } => client.start_profiling(duration),
         Command::StopProfiling { client, profile_id } => client.stop_profiling(&profile_id),
         Command::CleanupProfiles { client, older_than_days } => client.cleanup_profiles(older_than_days),
+        Command::Report(args) => memmon::profiles::report::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -10,7 +10,10 @@ use anyhow::{Context as _, Result, bail};
 
 /// The eBPF build needs LLVM 22; the integration tests need compilers for their targets, the
 /// third-party allocators they run those targets under (LD_PRELOAD), Prometheus (promtool
-/// checks the agent's /metrics) and Go (`go tool pprof` reads memmon's profiles).
+/// checks the agent's /metrics), Go (`go tool pprof` reads memmon's profiles), and headless
+/// Chromium, which draws `memmon report flamegraph`'s SVG to check its frames are there, with a
+/// font to lay out the frame labels in (chromium only recommends fonts-liberation, and recommended
+/// packages are not installed here).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -21,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "libmimalloc2.0",
     "prometheus",
     "golang-go",
+    "chromium",
+    "fonts-liberation",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -3,6 +3,7 @@
 pub mod id;
 pub mod meta;
 pub mod pprof;
+pub mod report;
 pub mod session;
 pub mod store;
 
