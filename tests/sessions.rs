@@ -124,6 +124,10 @@ fn a_session_profiles_exactly_its_window() {
     assert_eq!(again["state"], "finished");
     let (_, status, _) = agent.command("status", &[]);
     assert!(status.contains(&id) && status.contains("finished"), "{status}");
+    let (code, metrics) = http(&agent.url, "GET /metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("memmon_profiling_sessions{state=\"finished\"} 1"), "{metrics}");
+    assert!(metrics.contains("memmon_profiling_sessions{state=\"running\"} 0"), "{metrics}");
     drop(agent);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -186,6 +186,14 @@ fn parse_maps(pid: u32, maps: &str) -> Vec<Mapping> {
         .collect()
 }
 
+fn read_build_id(path: &Path) -> Option<String> {
+    use object::Object as _;
+    let data = std::fs::read(path).ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    let id = file.build_id().ok()??;
+    Some(id.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,12 +223,4 @@ mod tests {
         symbolizer.frames(pid, &[address]);
         assert_eq!((symbolizer.hits, symbolizer.misses), (1, 1));
     }
-}
-
-fn read_build_id(path: &Path) -> Option<String> {
-    use object::Object as _;
-    let data = std::fs::read(path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
-    let id = file.build_id().ok()??;
-    Some(id.iter().map(|b| format!("{b:02x}")).collect())
 }

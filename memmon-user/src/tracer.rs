@@ -196,23 +196,29 @@ impl Tracer {
     /// One pass over the live table (batched; aya's iterator where the kernel refuses batches).
     fn live_blocks(&self, keep: impl Fn(&LiveBlock) -> bool) -> Result<Vec<LiveBlock>> {
         let map = self.ebpf.map("LIVE").context("LIVE map")?;
-        let block = |key: &LiveKey, block: &LiveAlloc| {
-            let block = LiveBlock { pid: key.tgid, site: block.site, size: block.size, born_ns: block.timestamp_ns };
-            keep(&block).then_some(block)
-        };
         if let Map::HashMap(data) = map {
             let mut blocks = Vec::new();
             let batched = crate::batch::for_each_entry::<LiveKey, LiveAlloc>(data.fd().as_fd(), 8192, |key, live| {
-                blocks.extend(block(key, live));
+                let block = live_block(key, live);
+                if keep(&block) {
+                    blocks.push(block);
+                }
             });
             match batched {
                 Ok(()) => return Ok(blocks),
                 Err(err) => log::debug!("{err}; reading the live table entry by entry"),
             }
         }
-        let live: BpfHashMap<_, LiveKey, LiveAlloc> = BpfHashMap::try_from(map)?;
+        self.live_blocks_entry_by_entry(keep)
+    }
+
+    /// The live table read with aya's iterator, two syscalls per entry: the fallback, and the
+    /// benchmark's baseline.
+    pub fn live_blocks_entry_by_entry(&self, keep: impl Fn(&LiveBlock) -> bool) -> Result<Vec<LiveBlock>> {
+        let live: BpfHashMap<_, LiveKey, LiveAlloc> =
+            BpfHashMap::try_from(self.ebpf.map("LIVE").context("LIVE map")?)?;
         // An entry freed while we iterate is skipped.
-        Ok(live.iter().filter_map(|entry| entry.ok()).filter_map(|(key, live)| block(&key, &live)).collect())
+        Ok(live.iter().filter_map(|entry| entry.ok()).map(|(key, live)| live_block(&key, &live)).filter(keep).collect())
     }
 
     fn site_samples(&mut self, map: &str) -> Result<Vec<SiteSample>> {
@@ -280,6 +286,10 @@ fn attach_allocator(ebpf: &mut Ebpf, process: &Process, allocator: &Allocator, p
         }
     }
     Ok(())
+}
+
+fn live_block(key: &LiveKey, block: &LiveAlloc) -> LiveBlock {
+    LiveBlock { pid: key.tgid, site: block.site, size: block.size, born_ns: block.timestamp_ns }
 }
 
 fn read_losses(ebpf: &Ebpf) -> Result<BTreeMap<&'static str, u64>> {

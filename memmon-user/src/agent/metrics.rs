@@ -57,6 +57,7 @@ pub fn render(agent: &mut Agent) -> Result<String> {
     let lost = counter(&registry, "memmon_events_lost_total", "Events memmon could not account for, by reason; a non-zero rate means numbers may be low.", &["reason"])?;
     let leaks = counter(&registry, "memmon_leaks_detected_total", "Leak indicators reported by the leak checks, by process, kind and severity.", &["pid", "comm", "kind", "severity"])?;
     let leak_checks = counter(&registry, "memmon_leak_checks_total", "Leak checks run.", &[])?;
+    let sessions = gauge(&registry, "memmon_profiling_sessions", "This agent's profiling sessions, by state (running, finished, truncated, failed).", &["state"])?;
     let cache = counter(&registry, "memmon_symbolizer_cache_requests_total", "Symbolizer lookups of stack addresses, by result (hit or miss).", &["result"])?;
     let agent_cpu = Counter::with_opts(Opts::new("memmon_agent_cpu_seconds_total", "CPU time used by the memmon agent itself."))?;
     registry.register(Box::new(agent_cpu.clone()))?;
@@ -133,7 +134,14 @@ pub fn render(agent: &mut Agent) -> Result<String> {
         let comm = comms.get(pid).cloned().unwrap_or_default();
         leaks.with_label_values(&[&pid.to_string(), &comm, kind, severity]).inc_by(*count);
     }
-    leak_checks.with_label_values(&[] as &[&str]).inc_by(agent.status().leak_checks);
+    let status = agent.status();
+    leak_checks.with_label_values(&[] as &[&str]).inc_by(status.leak_checks);
+    if status.profiling_enabled {
+        for state in ["running", "finished", "truncated", "failed"] {
+            let count = status.profiles.iter().filter(|p| p.state == state).count();
+            sessions.with_label_values(&[state]).set(int(count as u64));
+        }
+    }
     let symbolizer = agent.symbolizer();
     cache.with_label_values(&["hit"]).inc_by(symbolizer.hits);
     cache.with_label_values(&["miss"]).inc_by(symbolizer.misses);
