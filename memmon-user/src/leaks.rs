@@ -349,6 +349,19 @@ fn site_growth(
     })
 }
 
+/// Process-wide growth below this over a streak is noise at process scale (request-size
+/// jitter, allocator caches, a few pages); small leaks are caught exactly, per site.
+const MIN_PROCESS_GROWTH_BYTES: f64 = 1024.0 * 1024.0;
+
+/// Two rises of which one is under a tenth of the other: one jump (a buffer filled once, a
+/// sample landing mid-fill) next to a page of noise — a step, not yet a trend. A third rise
+/// in a row makes it one.
+fn is_a_step(window: &[(f64, u64)]) -> bool {
+    let rises: Vec<u64> = window.windows(2).map(|pair| pair[1].1 - pair[0].1).collect();
+    let (smallest, largest) = (rises.iter().min().copied().unwrap_or(0), rises.iter().max().copied().unwrap_or(0));
+    smallest.saturating_mul(10) < largest
+}
+
 /// The RSS / heap rule of [`Detector::check`] on one series (time, level), oldest first.
 /// `blocks` is the current live block count reported with it (0 for RSS).
 ///
@@ -373,6 +386,9 @@ fn process_growth(
         return None;
     }
     let window = &series[series.len() - 1 - streak..];
+    if streak == 2 && is_a_step(window) {
+        return None;
+    }
     let (&(start_at, start_level), &(now_at, now_level)) = (window.first()?, window.last()?);
     let elapsed = now_at - start_at;
     let points: Vec<(f64, f64)> = window.iter().map(|&(t, v)| (t - start_at, v as f64)).collect();
@@ -381,6 +397,9 @@ fn process_growth(
         None => (0.0, start_level as f64, now_level as f64),
     };
     let growth = finite(fitted_now - fitted_start);
+    if growth < MIN_PROCESS_GROWTH_BYTES {
+        return None;
+    }
     let base = if fitted_start >= 1.0 {
         fitted_start
     } else {
@@ -644,6 +663,33 @@ mod tests {
             let expected =
                 if check >= 2 { vec![(Kind::HighUsage, Severity::Info)] } else { vec![] };
             assert_eq!(kinds(&found), expected, "check {check}");
+        }
+    }
+
+    #[test]
+    fn one_jump_next_to_a_page_of_noise_is_a_step_not_growth() {
+        let mut detector = Detector::new(Thresholds { high_usage_bytes: u64::MAX, ..Thresholds::default() });
+        // RSS: a page more at check 1, then an 8 MiB buffer filled at check 2, then flat.
+        let rss = [10 * MIB, 10 * MIB + 4 * KIB, 18 * MIB + 4 * KIB, 18 * MIB + 4 * KIB];
+        for (check, &rss) in rss.iter().enumerate() {
+            let found = detector.check(&input(check as f64, 1, rss, 64 * KIB, vec![site(1, 64 * KIB, 8)]));
+            assert_eq!(kinds(&found), vec![], "check {check}");
+        }
+        // Growth that goes on is a trend again, however it started.
+        let found = detector.check(&input(4.0, 1, 26 * MIB, 64 * KIB, vec![site(1, 64 * KIB, 8)]));
+        assert_eq!(kinds(&found), vec![], "flat then one rise: streak 1");
+        let found = detector.check(&input(5.0, 1, 34 * MIB, 64 * KIB, vec![site(1, 64 * KIB, 8)]));
+        assert_eq!(kinds(&found), vec![(Kind::RssGrowth, Severity::Warning)]);
+    }
+
+    #[test]
+    fn small_process_growth_is_noise() {
+        let mut detector = Detector::new(Thresholds { high_usage_bytes: u64::MAX, ..Thresholds::default() });
+        // A churning heap of ~120 KiB that happens to rise three checks in a row by 23%.
+        let heap = [120 * KIB, 110 * KIB, 118 * KIB, 114 * KIB, 122 * KIB, 131 * KIB, 140 * KIB];
+        for (check, &heap) in heap.iter().enumerate() {
+            let found = detector.check(&input(check as f64, 1, 10 * MIB, heap, vec![site(1, heap, 64)]));
+            assert_eq!(kinds(&found), vec![], "check {check}");
         }
     }
 
