@@ -210,6 +210,12 @@ fn a_full_disk_ends_the_session_cleanly() {
     assert_eq!(std::fs::read(dir.join(format!("{id}.pb.gz"))).unwrap(), first, "the last checkpoint is intact");
     let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 2, "no temporary file left behind: {leftovers:?}");
+    // A new session cannot even write its first checkpoint: refused, nothing left behind.
+    let (code, _, stderr) = agent.command("start-profiling", &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("507") && stderr.contains("No space left on device"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+    assert_eq!(agent.json("status")["profiles"].as_array().unwrap().len(), 1);
     let (code, health, _) = agent.command("health-check", &["--format", "json"]);
     assert_eq!(code, 1, "degraded: {health}");
     let health: Value = serde_json::from_str(&health).unwrap();
