@@ -192,12 +192,36 @@ fn a_steady_leak_is_flagged_within_three_checks_with_exact_bytes() {
     let (code, text, _) = agent.command("check-leaks", &["--verbose"]);
     assert_eq!(code, 0);
     assert!(text.contains("evidence: ") && text.contains("#0  leak_steadily"), "{text}");
-    // Nothing else is a site leak, at any later check either.
-    for indicator in indicators_after(&agent, 5) {
+    // Nothing else is a site leak, at any later check either; and with nothing from before
+    // attach left to replace, the leak is confirmed.
+    let later = indicators_after(&agent, 5);
+    for indicator in &later {
         if indicator["kind"] == "site_growth" {
-            assert_eq!(site_function(&indicator), Some("leak_steadily"), "{indicator:#}");
+            assert_eq!(site_function(indicator), Some("leak_steadily"), "{indicator:#}");
+            assert_eq!(indicator["severity"], "critical", "{indicator:#}");
         }
     }
+}
+
+#[test]
+fn a_cache_rotating_since_before_attach_is_never_confirmed_as_a_leak() {
+    require_root();
+    let target = Target::start_args("patterns", &["rotate"]);
+    thread::sleep(Duration::from_millis(300)); // the cache is filled before memmon attaches
+    let agent = Agent::start(target.pid(), FAST);
+    // Its tracked blocks grow at every check for 40 s (old entries replaced by tracked ones),
+    // exactly like a leak — but every new block replaces a freed one from before attach.
+    for check in 1..=6 {
+        let indicators = indicators_after(&agent, check);
+        assert!(indicators.iter().all(|i| i["severity"] != "critical"), "check {check}: {indicators:#?}");
+    }
+    let indicators = indicators_after(&agent, 6);
+    let cache = indicators
+        .iter()
+        .find(|i| site_function(i) == Some("cache_entry"))
+        .unwrap_or_else(|| panic!("the growth is still shown, as a warning: {indicators:#?}"));
+    assert_eq!(cache["severity"], "warning");
+    assert!(cache["summary"].as_str().unwrap().contains("not confirmed"), "{cache:#}");
 }
 
 fn never_flagged(pattern: &str, checks: u64) {

@@ -60,11 +60,16 @@ fn allocations_before_attach_are_not_counted_and_their_frees_are_harmless() {
     target.run("leak");
     let mut tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).unwrap();
     target.run("churn");
+    target.run("freenull");
+    target.run("release"); // frees the 100 blocks leak_exactly made before attach
     let snapshot = tracer.snapshot().unwrap();
     let functions = by_function(&snapshot, &mut Symbolizer::new());
     assert!(!functions.contains_key("leak_exactly"), "allocated before attach: {functions:?}");
     assert_eq!(snapshot.live_bytes(), 0);
     assert_eq!(snapshot.total_losses(), 0, "{:?}", snapshot.losses);
+    // Counted as frees of untracked blocks, exactly (free(NULL) is not one), credited to no site.
+    assert_eq!(snapshot.processes[0].memory.untracked_frees, 100);
+    assert!(snapshot.sites.iter().all(|s| s.stats.free_count <= s.stats.alloc_count));
 }
 
 #[test]

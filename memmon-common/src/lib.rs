@@ -138,6 +138,9 @@ pub struct ProcessMemory {
     pub allocator_unmapped_bytes: u64,
     /// The program break after the last successful brk (0 until one is seen).
     pub brk: u64,
+    /// Frees (and reallocs) by the program of blocks memmon does not track: allocated before
+    /// it attached.
+    pub untracked_frees: u64,
 }
 
 /// Allocation-size histogram: bucket `i` counts allocations of at most 2^i bytes

@@ -13,7 +13,7 @@ use memmon_common::{
 
 use crate::{
     counters::{add, lose},
-    maps::{ARMED, LIVE, PENDING, SITES, SIZE_HISTOGRAM},
+    maps::{ARMED, LIVE, PENDING, SITES, SIZE_HISTOGRAM, TARGETS},
     stack,
 };
 
@@ -89,7 +89,10 @@ pub fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, ptr_arg: u64) {
     let (old_size, old_site, old_timestamp_ns) = match kind {
         AllocKind::Realloc if ptr_arg != 0 => match take_live(tgid, ptr_arg) {
             Some(block) => (block.size, block.site, block.timestamp_ns),
-            None => (0, 0, 0),
+            None => {
+                count_untracked_free(tgid);
+                (0, 0, 0)
+            }
         },
         _ => (0, 0, 0),
     };
@@ -189,9 +192,23 @@ pub fn free(addr: u64) {
     // No check for being inside an allocator call (as entries have): the one allocator that
     // frees a tracked block internally is realloc(p, 0), and realloc's entry has already taken
     // p out of the live table, so its inner free finds nothing. One map lookup less per free.
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(block) = take_live(tgid, addr) {
-        credit_free(block.site, block.size, block.timestamp_ns);
+    let thread = bpf_get_current_pid_tgid();
+    let tgid = (thread >> 32) as u32;
+    match take_live(tgid, addr) {
+        Some(block) => credit_free(block.site, block.size, block.timestamp_ns),
+        // An allocator's own inner free (realloc(p, 0)'s) is not the program's.
+        None if !in_allocator_call(thread) => count_untracked_free(tgid),
+        None => {}
+    }
+}
+
+/// A block allocated before memmon attached is freed (or reallocated): while a process still
+/// does this, its tracked live memory grows by replacing those blocks, which the leak detector
+/// must not take for a leak.
+#[inline(always)]
+fn count_untracked_free(tgid: u32) {
+    if let Some(process) = TARGETS.get_ptr_mut(tgid) {
+        add(unsafe { &mut (*process).untracked_frees }, 1);
     }
 }
 

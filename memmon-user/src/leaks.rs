@@ -60,6 +60,8 @@ pub struct CheckInput {
     pub heap_live_bytes: u64,
     /// Every site with live memory (a site absent here has 0 live).
     pub sites: Vec<SitePoint>,
+    /// Frees so far of blocks allocated before memmon attached (cumulative).
+    pub untracked_frees: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,19 +130,22 @@ struct SiteState {
     base: SiteValues,
     /// Consecutive checks at which both live bytes and live count strictly grew.
     streak: u32,
+    /// How many blocks the count rose by at the last check.
+    last_rise: u64,
 }
 
 impl SiteState {
     /// A first sighting is not growth: it only sets the base.
     fn first(now: SiteValues) -> Self {
-        Self { prev: now, base: now, streak: 0 }
+        Self { prev: now, base: now, streak: 0, last_rise: 0 }
     }
 
     /// Growth needs bytes *and* count to grow: bytes alone is a realloc or a bigger block
     /// replacing a smaller one (churn); count alone with flat bytes is not more memory.
     fn advance(self, now: SiteValues) -> Self {
         if now.bytes > self.prev.bytes && now.count > self.prev.count {
-            Self { prev: now, base: self.base, streak: self.streak.saturating_add(1) }
+            let last_rise = now.count - self.prev.count;
+            Self { prev: now, base: self.base, streak: self.streak.saturating_add(1), last_rise }
         } else {
             Self::first(now)
         }
@@ -153,6 +158,7 @@ struct Sample {
     at: f64,
     rss: u64,
     heap: u64,
+    heap_blocks: u64,
 }
 
 #[derive(Debug, Default)]
@@ -164,6 +170,8 @@ struct ProcessState {
     checks: u32,
     /// Time from which the live heap is trusted for trends (see [`HEAP_SETTLE_CHECKS`]).
     heap_from: Option<f64>,
+    /// `untracked_frees` at the previous check.
+    untracked_frees: u64,
 }
 
 /// Checks after attach whose live-heap totals are left out of the heap trend. The live heap
@@ -216,26 +224,33 @@ impl Detector {
         if state.checks == HEAP_SETTLE_CHECKS + 1 {
             state.heap_from = Some(input.at_seconds);
         }
+        let live_blocks = input.sites.iter().fold(0u64, |sum, s| sum.saturating_add(s.live_count));
+        let previous_blocks = state.history.back().map_or(0, |s| s.heap_blocks);
         state.history.push_back(Sample {
             at: input.at_seconds,
             rss: input.rss_bytes,
             heap: input.heap_live_bytes,
+            heap_blocks: live_blocks,
         });
+        // Blocks from before attach freed since the last check: up to this many tracked blocks
+        // may have arrived as their replacements rather than as new memory.
+        let replaced = input.untracked_frees.saturating_sub(state.untracked_frees);
+        state.untracked_frees = input.untracked_frees;
         while state.history.len() > HISTORY {
             state.history.pop_front();
         }
 
         let mut found = Vec::new();
-        let live_blocks = input.sites.iter().fold(0u64, |sum, s| sum.saturating_add(s.live_count));
         let rss: Vec<(f64, u64)> = state.history.iter().map(|s| (s.at, s.rss)).collect();
         let heap: Vec<(f64, u64)> = match state.heap_from {
             Some(from) => state.history.iter().filter(|s| s.at >= from).map(|s| (s.at, s.heap)).collect(),
             None => Vec::new(),
         };
-        for (kind, series, blocks) in
-            [(Kind::RssGrowth, rss, 0), (Kind::HeapGrowth, heap, live_blocks)]
+        let heap_replacement = live_blocks.saturating_sub(previous_blocks) <= replaced;
+        for (kind, series, blocks, maybe_replacement) in
+            [(Kind::RssGrowth, rss, 0, false), (Kind::HeapGrowth, heap, live_blocks, heap_replacement)]
         {
-            found.extend(process_growth(kind, input.pid, &series, blocks, &thresholds));
+            found.extend(process_growth(kind, input.pid, &series, blocks, maybe_replacement, &thresholds));
         }
         found.extend(high_usage(input, &thresholds));
 
@@ -246,7 +261,7 @@ impl Detector {
                 Some(old) => old.advance(now),
                 None => SiteState::first(now),
             };
-            found.extend(site_growth(input.pid, site, &site_state, &thresholds));
+            found.extend(site_growth(input.pid, site, &site_state, replaced, &thresholds));
             next.insert(site, site_state);
         }
         state.sites = next;
@@ -310,6 +325,7 @@ fn site_growth(
     pid: u32,
     site: u64,
     state: &SiteState,
+    replaced: u64,
     thresholds: &Thresholds,
 ) -> Option<Indicator> {
     let (now, base) = (state.prev, state.base);
@@ -321,17 +337,19 @@ fn site_growth(
     if !exceeds(ratio, thresholds.site_growth_ratio) {
         return None;
     }
-    let severity = if state.streak >= 3 { Severity::Critical } else { Severity::Warning };
+    let maybe_replacement = state.last_rise <= replaced;
+    let severity = if state.streak >= 3 && !maybe_replacement { Severity::Critical } else { Severity::Warning };
     let window = non_negative(now.at - base.at);
     let rate = per_second(growth as f64, window);
     let summary = format!(
-        "site grew {} checks in a row: +{} (+{:.1}x) at {}/s, now {} in {} blocks",
+        "site grew {} checks in a row: +{} (+{:.1}x) at {}/s, now {} in {} blocks{}",
         state.streak,
         human_bytes(growth as f64),
         ratio,
         human_bytes(rate),
         human_bytes(now.bytes as f64),
         now.count,
+        replacement_note(state.streak >= 3 && maybe_replacement, replaced),
     );
     Some(Indicator {
         kind: Kind::SiteGrowth,
@@ -347,6 +365,19 @@ fn site_growth(
         checks: state.streak,
         summary,
     })
+}
+
+/// Why a growth that would be critical stays a warning: right after attach, every block freed
+/// from before attach may come back as a tracked one — tracking catching up, not a leak. A
+/// rise by more blocks than were replaced since the last check is new memory for sure.
+fn replacement_note(held_back: bool, replaced: u64) -> String {
+    match held_back {
+        true => format!(
+            "; not confirmed: the process freed {replaced} blocks from before memmon attached since the last check, \
+             so the growth may be their replacements"
+        ),
+        false => String::new(),
+    }
 }
 
 /// Process-wide growth below this over a streak is noise at process scale (request-size
@@ -379,6 +410,7 @@ fn process_growth(
     pid: u32,
     series: &[(f64, u64)],
     blocks: u64,
+    maybe_replacement: bool,
     thresholds: &Thresholds,
 ) -> Option<Indicator> {
     let streak = series.windows(2).rev().take_while(|pair| pair[1].1 > pair[0].1).count();
@@ -410,7 +442,8 @@ fn process_growth(
         return None;
     }
     let above = now_level > thresholds.memory_bytes;
-    let severity = if streak >= 3 && above { Severity::Critical } else { Severity::Warning };
+    let confirmed = streak >= 3 && above;
+    let severity = if confirmed && !maybe_replacement { Severity::Critical } else { Severity::Warning };
     let what = match kind {
         Kind::RssGrowth => "RSS",
         _ => "traced heap",
@@ -421,11 +454,12 @@ fn process_growth(
         String::new()
     };
     let summary = format!(
-        "{what} grew {streak} checks in a row: +{} (+{:.1}%) at {}/s, now {}{level_note}",
+        "{what} grew {streak} checks in a row: +{} (+{:.1}%) at {}/s, now {}{level_note}{}",
         human_bytes(growth),
         ratio * 100.0,
         human_bytes(finite(rate)),
         human_bytes(now_level as f64),
+        if confirmed && maybe_replacement { "; not confirmed while blocks from before attach are still being replaced" } else { "" },
     );
     Some(Indicator {
         kind,
@@ -540,7 +574,7 @@ mod tests {
     }
 
     fn input(at: f64, pid: u32, rss: u64, heap: u64, sites: Vec<SitePoint>) -> CheckInput {
-        CheckInput { at_seconds: at, pid, rss_bytes: rss, heap_live_bytes: heap, sites }
+        CheckInput { at_seconds: at, pid, rss_bytes: rss, heap_live_bytes: heap, sites, untracked_frees: 0 }
     }
 
     /// (kind, severity) of each indicator, in output order.
@@ -680,6 +714,41 @@ mod tests {
         assert_eq!(kinds(&found), vec![], "flat then one rise: streak 1");
         let found = detector.check(&input(5.0, 1, 34 * MIB, 64 * KIB, vec![site(1, 64 * KIB, 8)]));
         assert_eq!(kinds(&found), vec![(Kind::RssGrowth, Severity::Warning)]);
+    }
+
+    #[test]
+    fn growth_explained_by_replaced_blocks_is_not_confirmed() {
+        let mut detector = Detector::new(Thresholds::default());
+        // A site gains 50 blocks a check while the process frees 50 blocks from before attach:
+        // maybe a cache whose old entries are being replaced by tracked ones.
+        let mut seen = Vec::new();
+        for check in 1..=6u64 {
+            let mut input = quiet(check as f64, 1, vec![site(5, 50 * KIB * check, 50 * check)]);
+            input.untracked_frees = 50 * check;
+            seen.push(detector.check(&input));
+        }
+        assert_eq!(kinds(&seen[2]), vec![(Kind::SiteGrowth, Severity::Warning)]);
+        for found in &seen[3..] {
+            assert_eq!(kinds(found), vec![(Kind::SiteGrowth, Severity::Warning)], "held at warning");
+            assert!(found[0].summary.contains("freed 50 blocks from before memmon attached"), "{}", found[0].summary);
+        }
+        // Once old blocks stop being freed, growth is new memory: confirmed.
+        let mut input = quiet(7.0, 1, vec![site(5, 50 * KIB * 7, 50 * 7)]);
+        input.untracked_frees = 50 * 6;
+        assert_eq!(kinds(&detector.check(&input)), vec![(Kind::SiteGrowth, Severity::Critical)]);
+    }
+
+    #[test]
+    fn growth_beyond_the_replaced_blocks_is_confirmed() {
+        let mut detector = Detector::new(Thresholds::default());
+        let mut last = Vec::new();
+        for check in 1..=4u64 {
+            let mut input = quiet(check as f64, 1, vec![site(5, 50 * KIB * check, 50 * check)]);
+            input.untracked_frees = 49 * check; // one block a check more than was replaced
+            last = detector.check(&input);
+        }
+        assert_eq!(kinds(&last), vec![(Kind::SiteGrowth, Severity::Critical)]);
+        assert!(!last[0].summary.contains("not confirmed"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
  *            malloc 32 -> realloc 64 -> realloc 128 -> free): 0 live,
  *            352000 bytes in 5000 allocations
  *   freenull free(NULL) 100 times: nothing
+ *   release  release_kept: frees every block kept by the phases above (leak: 100 of them)
  *   million  leak_a_million: 1,000,000 blocks of 16 bytes, kept: 16000000 bytes live
  *   exit     exit(0)
  */
@@ -88,6 +89,12 @@ __attribute__((noinline)) void free_null(void)
         free(sink = NULL);
 }
 
+__attribute__((noinline)) void release_kept(void)
+{
+    while (kept_count > 0)
+        free(kept[--kept_count]);
+}
+
 int main(void)
 {
     char command[64];
@@ -108,6 +115,8 @@ int main(void)
             leak_a_million();
         else if (!strcmp(command, "freenull"))
             free_null();
+        else if (!strcmp(command, "release"))
+            release_kept();
         else if (!strcmp(command, "exit"))
             exit(0);
         else {

@@ -7,6 +7,9 @@
  *            goes up and down but does not grow
  *   warmup   warm_cache: after 1 s, grows a cache for 1 second, then holds it (plateau)
  *   single   hold_big_buffer: after 1 s, one 8 MiB block, kept
+ *   rotate   cache_entry: 2000 blocks of 1 KiB at start, then 50 a second replaced, oldest
+ *            first (a cache rotating slowly): live memory is constant, but an agent attached
+ *            after the start sees its tracked blocks grow for 40 s as the old ones are replaced
  * (warmup and single start late so that an agent attached at start sees them happen.)
  */
 #include <stdlib.h>
@@ -61,6 +64,31 @@ __attribute__((noinline)) void *hold_big_buffer(void)
     return p;
 }
 
+#define CACHE_ENTRIES 2000
+static void *entries[CACHE_ENTRIES];
+
+__attribute__((noinline)) void *cache_entry(void)
+{
+    char *p = malloc(1024);
+    memset(p, 5, 1024);
+    return p;
+}
+
+static void rotate_cache(int round)
+{
+    static int oldest;
+    if (round == 0) {
+        for (int i = 0; i < CACHE_ENTRIES; i++)
+            entries[i] = cache_entry();
+        return;
+    }
+    for (int i = 0; i < 5; i++) {
+        free(entries[oldest]);
+        entries[oldest] = cache_entry();
+        oldest = (oldest + 1) % CACHE_ENTRIES;
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "leak";
@@ -72,6 +100,8 @@ int main(int argc, char **argv)
             warm_cache(round - 10);
         if (!strcmp(mode, "single") && round == 10)
             sink = hold_big_buffer();
+        if (!strcmp(mode, "rotate"))
+            rotate_cache(round);
         pause_ms(100);
     }
 }

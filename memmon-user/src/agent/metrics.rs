@@ -44,6 +44,7 @@ pub fn render(agent: &mut Agent) -> Result<String> {
     let freed = counter(&registry, "memmon_freed_bytes_total", "Bytes of tracked blocks freed since attach.", &target_labels)?;
     let frees = counter(&registry, "memmon_frees_total", "Tracked blocks freed since attach.", &target_labels)?;
     let brk = gauge(&registry, "memmon_brk_heap_bytes", "Size of the brk heap.", &target_labels)?;
+    let untracked_frees = counter(&registry, "memmon_untracked_frees_total", "Frees of blocks allocated before memmon attached: while this rises, tracked memory also grows by replacing them.", &target_labels)?;
     let mapped = gauge(&registry, "memmon_anonymous_mapped_bytes", "Anonymous mappings made since attach and still mapped, by owner (program or allocator).", &["pid", "comm", "owner"])?;
     let alive = gauge(&registry, "memmon_target_up", "1 while the target process runs, 0 once it has exited.", &target_labels)?;
     let info = gauge(&registry, "memmon_target_info", "The target process and the allocator memmon probes in it (value 1).", &["pid", "comm", "allocator", "object"])?;
@@ -106,6 +107,7 @@ pub fn render(agent: &mut Agent) -> Result<String> {
         frees.with_label_values(&labels).inc_by(stats.free_count);
         if let Some(process) = snapshot.processes.iter().find(|p| p.pid == pid) {
             brk.with_label_values(&labels).set(int(process.brk_heap_bytes()));
+            untracked_frees.with_label_values(&labels).inc_by(process.memory.untracked_frees);
             mapped.with_label_values(&[labels[0], labels[1], "program"]).set(int(process.program_mapped_bytes()));
             mapped.with_label_values(&[labels[0], labels[1], "allocator"]).set(int(process.allocator_mapped_bytes()));
         }

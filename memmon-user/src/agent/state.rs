@@ -153,6 +153,12 @@ impl Agent {
                     .iter()
                     .map(|s| SitePoint { site: s.id, live_bytes: s.live_bytes(), live_count: s.live_count() })
                     .collect(),
+                untracked_frees: self
+                    .snapshot
+                    .processes
+                    .iter()
+                    .find(|p| p.pid == pid)
+                    .map_or(0, |p| p.memory.untracked_frees),
             };
             found.extend(self.detector.check(&input));
         }
