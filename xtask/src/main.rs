@@ -4,8 +4,10 @@ mod setup;
 
 use std::{
     env,
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
     thread,
     time::Duration,
 };
@@ -105,7 +107,8 @@ fn agent(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Builds and starts the demo program, attaches memmon for 15 s, then stops both.
+/// Builds and starts the demo program, attaches memmon for 15 s, takes a 6-second profile of
+/// it along the way, then stops both and shows the profile's summary and flame graph.
 fn demo() -> Result<()> {
     let root = workspace_root();
     let out = root.join("target/demo");
@@ -124,10 +127,63 @@ fn demo() -> Result<()> {
     thread::sleep(Duration::from_millis(300));
     println!("xtask: attaching memmon to the demo (pid {}) for 15 s; it leaks 1024 bytes every 100 ms in leak_session_buffer()", demo.0.id());
     let pid = demo.0.id().to_string();
-    let result = agent(&["--pid".into(), pid, "--duration".into(), "15".into(), "--report-interval".into(), "3".into()]);
+    let profiles = out.join("profiles");
+    let mut agent = KillOnDrop(
+        Command::new(memmon_binary())
+            .args(["agent", "--pid", &pid, "--duration", "15", "--report-interval", "3", "--listen", "127.0.0.1:0"])
+            .arg("--profiling-output-dir")
+            .arg(&profiles)
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start memmon agent")?,
+    );
+    let url = api_url(&mut agent.0)?;
+    thread::sleep(Duration::from_secs(2));
+    println!("xtask: profiling the demo for 6 s: memmon start-profiling --duration 0.1");
+    let started = memmon(&["start-profiling", "--agent", &url, "--duration", "0.1"])?;
+    print!("{started}");
+    let id = started
+        .lines()
+        .find_map(|line| line.strip_prefix("profiling started: "))
+        .context("start-profiling printed no profile id")?
+        .to_string();
+    let status = agent.0.wait()?;
     demo.0.kill().ok();
     demo.0.wait().ok();
-    result
+    if !status.success() {
+        bail!("memmon agent exited with {status}");
+    }
+    let profile = profiles.join(format!("{id}.pb.gz"));
+    let flamegraph = out.join("flamegraph.svg");
+    println!("\nxtask: memmon report summary {}", profile.display());
+    print!("{}", memmon(&["report", "summary", &profile.to_string_lossy()])?);
+    memmon(&["report", "flamegraph", &profile.to_string_lossy(), "--output", &flamegraph.to_string_lossy()])?;
+    println!("xtask: flame graph of the live bytes: {} (open it in a browser)", flamegraph.display());
+    Ok(())
+}
+
+/// Forwards the agent's stderr and returns the control API's address once it says it.
+fn api_url(agent: &mut Child) -> Result<String> {
+    let stderr = BufReader::new(agent.stderr.take().context("agent stderr")?);
+    let (found, url) = mpsc::channel();
+    thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if let Some(address) = line.strip_prefix("memmon: control API on ") {
+                let _ = found.send(address.to_string());
+            }
+        }
+    });
+    url.recv_timeout(Duration::from_secs(60)).context("memmon agent did not start its control API")
+}
+
+/// Runs `memmon ARGS` and returns what it printed.
+fn memmon(args: &[&str]) -> Result<String> {
+    let output = Command::new(memmon_binary()).args(args).output()?;
+    if !output.status.success() {
+        bail!("memmon {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 struct KillOnDrop(Child);
