@@ -179,6 +179,13 @@ fn the_size_cap_is_never_exceeded() {
     let file = dir.join(format!("{id}.pb.gz"));
     let size = std::fs::metadata(&file).unwrap().len();
     assert!(size <= cap, "{size} bytes > the {cap} byte cap");
+    drop(agent);
+    // A cap too small for even the first, empty, checkpoint: the session is refused outright.
+    let agent = start_agent(&target, &dir, &["--max-profile-size-mb", "0.0001"]);
+    let (code, _, stderr) = agent.command("start-profiling", &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("507") && stderr.contains("MEMMON_MAX_PROFILE_SIZE_MB"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "nothing written");
     let meta = read_meta(&file);
     assert_eq!(meta.state.name(), "truncated", "the file says so too: {meta:?}");
     pprof_top(&file, "inuse_space"); // and is still a valid profile

@@ -111,6 +111,14 @@ impl Session {
         session.record(snapshot, memory);
         let (profile, meta) = session.build(&mut input, State::Running, "");
         let bytes = pprof::encode_gzipped(&profile).map_err(std::io::Error::other)?;
+        if (bytes.len() + STATE_COMMENT_ROOM) as u64 > input.max_bytes {
+            return Err(std::io::Error::other(format!(
+                "even an empty profile of these processes ({}, their mappings) does not fit under the {} of \
+                 MEMMON_MAX_PROFILE_SIZE_MB",
+                human_bytes(bytes.len() as u64),
+                human_bytes(input.max_bytes)
+            )));
+        }
         input.dir.write(&session.id, &bytes)?;
         session.remember(profile, meta, bytes.len(), snapshot.taken_at_ns);
         Ok(session)
