@@ -211,8 +211,8 @@ impl Session {
         self.release();
     }
 
-    /// Ends the session on a write error; the last checkpoint stays as it is on disk.
-    fn fail(&mut self, dir: &ProfileDir, reason: String) {
+    /// Ends the session on an error; the last checkpoint stays as it is on disk.
+    pub fn fail(&mut self, dir: &ProfileDir, reason: String) {
         log::warn!("profile {}: {reason}", self.id);
         self.state = State::Failed;
         self.reason = self.with_kept_window(reason);

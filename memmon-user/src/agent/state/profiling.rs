@@ -258,7 +258,13 @@ impl Agent {
         let born: Vec<LiveBlock> = match self.tracer.live_blocks_born_since(since) {
             Ok(born) => born,
             Err(err) => {
+                // Sessions that had to end now end failed (their last checkpoint kept); the
+                // others try again at their next checkpoint.
                 log::warn!("reading the live table for the profiles failed: {err:#}");
+                let ending = self.profiler.sessions.iter_mut().filter(|s| due.get(&s.id).is_some_and(Option::is_some));
+                for session in ending {
+                    session.fail(dir, format!("reading the live table failed: {err:#}"));
+                }
                 return;
             }
         };
