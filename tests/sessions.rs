@@ -165,6 +165,29 @@ fn sessions_end_at_their_duration_and_run_side_by_side() {
 }
 
 #[test]
+fn a_target_exiting_mid_session_ends_it_with_what_it_held() {
+    require_root();
+    let dir = profile_dir("exit");
+    let mut target = Target::start("ground_truth");
+    let agent = start_agent(&target, &dir, &[]);
+    let id = start_profiling(&agent, &[]);
+    target.run("leak");
+    target.send("exit");
+    target.wait();
+    let ended = wait_ended(&agent, &id, Duration::from_secs(10));
+    assert_eq!((ended["state"].as_str(), ended["reason"].as_str()), (Some("finished"), Some("every target exited")), "{ended}");
+    assert_eq!(ended["live_bytes"], 104_950, "what was live when it exited: {ended}");
+    let file = dir.join(format!("{id}.pb.gz"));
+    assert!(has_row(&pprof_top(&file, "inuse_space"), "104950B", "leak_exactly"), "symbolized after exit too");
+    // Nothing left to profile: a new session is refused.
+    let (code, _, stderr) = agent.command("start-profiling", &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("409") && stderr.contains("every target has exited"), "{stderr}");
+    drop(agent);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn the_size_cap_is_never_exceeded() {
     require_root();
     let dir = profile_dir("cap");
