@@ -113,7 +113,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let report_period = Duration::from_secs(config.report_interval.max(1));
     let mut reports = every(report_period);
     let mut liveness = every(Duration::from_millis(250));
-    let mut profile_ticks = every(Duration::from_secs(1));
+    let mut profile_ticks = every(Duration::from_millis(250));
     let mut targets_gone = false;
 
     let reason = loop {

@@ -23,6 +23,8 @@ pub const MAX_RUNNING_SESSIONS: usize = 8;
 const ENDED_SESSIONS_KEPT: usize = 100;
 const DEFAULT_DURATION: Duration = Duration::from_secs(10 * 60);
 const CLEANUP_PERIOD: Duration = Duration::from_secs(3600);
+/// Resolution of the sessions' memory timelines.
+const TIMELINE_PERIOD: Duration = Duration::from_secs(1);
 
 /// Why a profiling request is refused; the API turns each into its HTTP status.
 #[derive(Debug)]
@@ -57,6 +59,8 @@ pub struct Profiler {
     /// Newest last.
     sessions: Vec<Session>,
     last_cleanup: Option<Instant>,
+    /// When the running sessions' timelines last got a point (CLOCK_MONOTONIC ns).
+    last_record_ns: u64,
 }
 
 impl Profiler {
@@ -192,9 +196,9 @@ impl Agent {
         Ok(report)
     }
 
-    /// Once a second: hourly cleanup; for running sessions a fresh snapshot on their
-    /// timelines, checkpoints when due, and the end of those past their duration or whose
-    /// targets have all exited.
+    /// Several times a second: hourly cleanup; for running sessions, once a second a fresh
+    /// snapshot on their timelines and checkpoints when due, and as soon as it is time, the end
+    /// of those past their duration or whose targets have all exited.
     pub fn tick_profiles(&mut self) {
         if self.profiler.dir.is_some() && self.profiler.last_cleanup.is_none_or(|at| at.elapsed() >= CLEANUP_PERIOD) {
             match self.cleanup_profiles(None) {
@@ -205,9 +209,13 @@ impl Agent {
                 Err(refusal) => log::warn!("{}", refusal.message()),
             }
         }
-        if !self.profiler.sessions.iter().any(Session::is_running) {
+        let now = crate::snapshot::monotonic_ns();
+        let running = || self.profiler.sessions.iter().filter(|s| s.is_running());
+        let record_due = Duration::from_nanos(now.saturating_sub(self.profiler.last_record_ns)) >= TIMELINE_PERIOD;
+        if running().next().is_none() || !(record_due || running().any(|s| s.expired(now)) || self.all_exited()) {
             return;
         }
+        self.profiler.last_record_ns = now;
         if let Err(err) = self.refresh() {
             log::warn!("snapshot for the profiling sessions failed: {err:#}");
             return;
