@@ -23,8 +23,11 @@ pub const MAX_RUNNING_SESSIONS: usize = 8;
 const ENDED_SESSIONS_KEPT: usize = 100;
 const DEFAULT_DURATION: Duration = Duration::from_secs(10 * 60);
 const CLEANUP_PERIOD: Duration = Duration::from_secs(3600);
-/// Resolution of the sessions' memory timelines.
+/// Resolution of the sessions' memory timelines, unless a snapshot is costly: each point takes
+/// one (the site table read), and points are spaced at least `TIMELINE_COST_FACTOR` times its
+/// cost apart, so that timelines never take more than ~5% of a core.
 const TIMELINE_PERIOD: Duration = Duration::from_secs(1);
+const TIMELINE_COST_FACTOR: u32 = 20;
 
 /// Why a profiling request is refused; the API turns each into its HTTP status.
 #[derive(Debug)]
@@ -59,8 +62,10 @@ pub struct Profiler {
     /// Newest last.
     sessions: Vec<Session>,
     last_cleanup: Option<Instant>,
-    /// When the running sessions' timelines last got a point (CLOCK_MONOTONIC ns).
+    /// When the running sessions' timelines last got a point (CLOCK_MONOTONIC ns), and how
+    /// long until the next.
     last_record_ns: u64,
+    timeline_period: Duration,
 }
 
 impl Profiler {
@@ -211,15 +216,18 @@ impl Agent {
         }
         let now = crate::snapshot::monotonic_ns();
         let running = || self.profiler.sessions.iter().filter(|s| s.is_running());
-        let record_due = Duration::from_nanos(now.saturating_sub(self.profiler.last_record_ns)) >= TIMELINE_PERIOD;
+        let since_record = Duration::from_nanos(now.saturating_sub(self.profiler.last_record_ns));
+        let record_due = since_record >= self.profiler.timeline_period.max(TIMELINE_PERIOD);
         if running().next().is_none() || !(record_due || running().any(|s| s.expired(now)) || self.all_exited()) {
             return;
         }
         self.profiler.last_record_ns = now;
+        let cost = Instant::now();
         if let Err(err) = self.refresh() {
             log::warn!("snapshot for the profiling sessions failed: {err:#}");
             return;
         }
+        self.profiler.timeline_period = cost.elapsed() * TIMELINE_COST_FACTOR;
         let rss = self.rss_by_pid();
         let now = self.snapshot.taken_at_ns;
         let period = self.config.metrics_update_period();
