@@ -133,6 +133,35 @@ fn a_session_profiles_exactly_its_window() {
 }
 
 #[test]
+fn a_session_can_cover_one_of_the_agents_processes() {
+    require_root();
+    let dir = profile_dir("pids");
+    let mut first = Target::start("ground_truth");
+    let mut second = Target::start("ground_truth");
+    let second_pid = second.pid().to_string();
+    let agent = start_agent(&first, &dir, &["--pid", &second_pid]);
+    let only_second = start_profiling(&agent, &["--pid", &second_pid]);
+    let both = start_profiling(&agent, &[]);
+    first.run("leak");
+    second.run("calloc");
+    for id in [&only_second, &both] {
+        json_command(&agent, "stop-profiling", &["--profile-id", id]);
+    }
+    let file = dir.join(format!("{only_second}.pb.gz"));
+    let inuse = pprof_top(&file, "inuse_space");
+    assert!(has_row(&inuse, "10000B", "leak_calloc") && !inuse.contains("leak_exactly"), "{inuse}");
+    assert_eq!(read_meta(&file).targets.iter().map(|t| t.pid).collect::<Vec<_>>(), [second.pid()]);
+    let inuse = pprof_top(&dir.join(format!("{both}.pb.gz")), "inuse_space");
+    assert!(has_row(&inuse, "10000B", "leak_calloc") && has_row(&inuse, "104950B", "leak_exactly"), "{inuse}");
+    // A pid the agent does not trace is refused.
+    let (code, _, stderr) = agent.command("start-profiling", &["--pid", "1"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("400") && stderr.contains("pid 1 is not traced by this agent"), "{stderr}");
+    drop(agent);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn sessions_end_at_their_duration_and_run_side_by_side() {
     require_root();
     let dir = profile_dir("duration");

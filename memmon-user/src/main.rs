@@ -39,6 +39,9 @@ enum Command {
         /// MEMMON_MAX_PROFILE_DURATION_MINUTES).
         #[arg(long, value_name = "MINUTES")]
         duration: Option<f64>,
+        /// Profile only this traced process (repeat for several; default: all of them).
+        #[arg(long = "pid", value_name = "PID")]
+        pids: Vec<u32>,
     },
     /// End a profiling session now and write its profile.
     StopProfiling {
@@ -74,7 +77,7 @@ fn main() -> ExitCode {
         Command::CheckLeaks { client, verbose } => client.check_leaks(verbose),
         Command::MemorySummary(client) => client.memory_summary(),
         Command::UpdateMetrics(client) => client.update_metrics(),
-        Command::StartProfiling { client, duration } => client.start_profiling(duration),
+        Command::StartProfiling { client, duration, pids } => client.start_profiling(duration, &pids),
         Command::StopProfiling { client, profile_id } => client.stop_profiling(&profile_id),
         Command::CleanupProfiles { client, older_than_days } => client.cleanup_profiles(older_than_days),
         Command::Report(args) => memmon::profiles::report::run(&args),

@@ -160,14 +160,21 @@ fn profile_id(path: Result<Path<String>, PathRejection>) -> Result<String, Strin
 #[serde(deny_unknown_fields)]
 struct StartQuery {
     duration_minutes: Option<f64>,
+    /// Comma-separated; every traced process when absent.
+    pids: Option<String>,
 }
 
 async fn start_profiling(State(agent): State<Handle>, query: Result<Query<StartQuery>, QueryRejection>) -> Response {
-    let minutes = match query {
-        Ok(Query(query)) => query.duration_minutes,
+    let (minutes, pids) = match query {
+        Ok(Query(query)) => (query.duration_minutes, query.pids),
         Err(rejection) => return error(StatusCode::BAD_REQUEST, format!("bad query: {}", rejection.body_text())),
     };
-    profiling(&agent, StatusCode::CREATED, move |agent| agent.start_profiling(minutes)).await
+    let pids: Result<Vec<u32>, _> =
+        pids.iter().flat_map(|list| list.split(',')).map(|pid| pid.trim().parse::<u32>()).collect();
+    let Ok(pids) = pids else {
+        return error(StatusCode::BAD_REQUEST, "bad query: pids must be comma-separated process ids");
+    };
+    profiling(&agent, StatusCode::CREATED, move |agent| agent.start_profiling(minutes, &pids)).await
 }
 
 async fn list_profiles(State(agent): State<Handle>) -> Response {

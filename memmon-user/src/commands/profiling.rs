@@ -12,10 +12,17 @@ use crate::{
 };
 
 impl Client {
-    pub fn start_profiling(&self, minutes: Option<f64>) -> Result<ExitCode> {
-        let path = match minutes {
-            Some(minutes) => format!("/profiles?duration_minutes={minutes}"),
-            None => "/profiles".to_string(),
+    pub fn start_profiling(&self, minutes: Option<f64>, pids: &[u32]) -> Result<ExitCode> {
+        let mut query = Vec::new();
+        if let Some(minutes) = minutes {
+            query.push(format!("duration_minutes={minutes}"));
+        }
+        if !pids.is_empty() {
+            query.push(format!("pids={}", pid_list(pids).replace(", ", ",")));
+        }
+        let path = match query.is_empty() {
+            true => "/profiles".to_string(),
+            false => format!("/profiles?{}", query.join("&")),
         };
         self.show("POST", &path, started_text)?;
         Ok(ExitCode::SUCCESS)

@@ -85,25 +85,35 @@ impl Agent {
         })
     }
 
-    pub fn start_profiling(&mut self, minutes: Option<f64>) -> Result<wire::ProfileInfo, Refusal> {
+    /// Starts a session over `pids` (every traced process when empty).
+    pub fn start_profiling(&mut self, minutes: Option<f64>, pids: &[u32]) -> Result<wire::ProfileInfo, Refusal> {
         self.profile_dir()?;
         let duration = self.requested_duration(minutes)?;
+        let traced: Vec<u32> = self.tracer.targets().iter().map(|t| t.process.pid).collect();
+        if let Some(stranger) = pids.iter().find(|pid| !traced.contains(pid)) {
+            return Err(Refusal::BadRequest(format!(
+                "pid {stranger} is not traced by this agent (it traces {})",
+                traced.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let wanted = |pid: u32| pids.is_empty() || pids.contains(&pid);
         if self.profiler.sessions.iter().filter(|s| s.is_running()).count() >= MAX_RUNNING_SESSIONS {
             return Err(Refusal::TooManySessions(format!(
                 "{MAX_RUNNING_SESSIONS} profiling sessions are already running; stop one first (memmon status lists them)"
             )));
         }
-        if self.all_exited() {
-            return Err(Refusal::Conflict("every target has exited: there is nothing left to profile".into()));
-        }
         self.refresh().map_err(|err| Refusal::Storage(format!("taking the first snapshot failed: {err:#}")))?;
-        let targets = self
+        let targets: Vec<TargetMeta> = self
             .tracer
             .targets()
             .iter()
-            .filter(|t| self.alive.get(&t.process.pid).copied().unwrap_or(false))
+            .filter(|t| wanted(t.process.pid) && self.alive.get(&t.process.pid).copied().unwrap_or(false))
             .map(|t| TargetMeta { pid: t.process.pid, comm: t.process.comm.clone() })
             .collect();
+        if targets.is_empty() {
+            let which = if pids.is_empty() { "every target has" } else { "the requested targets have" };
+            return Err(Refusal::Conflict(format!("{which} exited: there is nothing left to profile")));
+        }
         let rss = self.rss_by_pid();
         let dir = self.profiler.dir.as_ref().expect("checked above");
         let id = ProfileId::generate(jiff::Timestamp::now());
@@ -218,7 +228,7 @@ impl Agent {
         let running = || self.profiler.sessions.iter().filter(|s| s.is_running());
         let since_record = Duration::from_nanos(now.saturating_sub(self.profiler.last_record_ns));
         let record_due = since_record >= self.profiler.timeline_period.max(TIMELINE_PERIOD);
-        if running().next().is_none() || !(record_due || running().any(|s| s.expired(now)) || self.all_exited()) {
+        if running().next().is_none() || !(record_due || running().any(|s| s.expired(now))) {
             return;
         }
         self.profiler.last_record_ns = now;
@@ -231,11 +241,11 @@ impl Agent {
         let rss = self.rss_by_pid();
         let now = self.snapshot.taken_at_ns;
         let period = self.config.metrics_update_period();
-        let all_exited = self.all_exited();
+        let alive = &self.alive;
         let mut due: HashMap<ProfileId, Option<&'static str>> = HashMap::new();
         for session in self.profiler.sessions.iter_mut().filter(|s| s.is_running()) {
             session.record(&self.snapshot, &rss);
-            let ending = if all_exited {
+            let ending = if session.pids().iter().all(|pid| !alive.get(pid).copied().unwrap_or(false)) {
                 Some("every target exited")
             } else if session.expired(now) {
                 Some("duration reached")
