@@ -344,6 +344,22 @@ fn cleanup_removes_old_profiles_and_follows_no_link() {
 }
 
 #[test]
+fn at_most_eight_sessions_run_at_once() {
+    require_root();
+    let dir = profile_dir("many");
+    let target = Target::start("ground_truth");
+    let agent = start_agent(&target, &dir, &[]);
+    let ids: Vec<String> = (0..8).map(|_| start_profiling(&agent, &[])).collect();
+    let (code, _, stderr) = agent.command("start-profiling", &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("429") && stderr.contains("8 profiling sessions are already running"), "{stderr}");
+    json_command(&agent, "stop-profiling", &["--profile-id", &ids[0]]);
+    start_profiling(&agent, &[]); // room again
+    drop(agent);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn profiling_disabled_is_refused_clearly() {
     require_root();
     let target = Target::start("ground_truth");

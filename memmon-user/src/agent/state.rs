@@ -9,7 +9,7 @@ use std::{
 use anyhow::Result;
 
 mod profiling;
-pub use profiling::{MAX_RUNNING_SESSIONS, Refusal};
+pub use profiling::Refusal;
 
 use crate::{
     config::AgentConfig,

@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Sessions running at once; each costs a checkpoint's work.
-pub const MAX_RUNNING_SESSIONS: usize = 8;
+const MAX_RUNNING_SESSIONS: usize = 8;
 /// Ended sessions listed in `status` (their files stay until cleanup).
 const ENDED_SESSIONS_KEPT: usize = 100;
 const DEFAULT_DURATION: Duration = Duration::from_secs(10 * 60);
