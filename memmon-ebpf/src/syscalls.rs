@@ -1,7 +1,8 @@
 //! mmap, munmap, mremap and brk of the target processes, from the raw `sys_enter`/`sys_exit`
 //! tracepoints (no tracefs needed). These fire for every syscall on the machine, so the
 //! enter path filters on the syscall number first and the target table second, and the exit
-//! path does a single per-thread lookup.
+//! path returns at once unless some memory syscall is in flight, then does a single
+//! per-thread lookup.
 //!
 //! Anonymous mappings are tracked as blocks like heap allocations. A mapping made while an
 //! allocator function runs on the thread belongs to the allocator (it backs heap blocks that
@@ -16,7 +17,7 @@ use memmon_common::{ALLOCATOR_SITE, LiveAlloc, LiveKey, Loss, PendingSyscall, Pr
 
 use crate::{
     counters::{add, lose},
-    maps::{MAPPING_SITES, MAPPINGS, PENDING_SYSCALLS, TARGETS},
+    maps::{MAPPING_SITES, MAPPINGS, PENDING_SYSCALL_COUNT, PENDING_SYSCALLS, TARGETS},
     stack,
 };
 
@@ -70,14 +71,22 @@ pub fn enter(ctx: &RawTracePointContext) {
     };
     if PENDING_SYSCALLS.insert(thread, call, BPF_ANY as u64).is_err() {
         lose(Loss::PendingSyscallTableFull);
+    } else if let Some(count) = PENDING_SYSCALL_COUNT.get_ptr_mut(0) {
+        add(count, 1);
     }
 }
 
 pub fn exit(ctx: &RawTracePointContext) {
+    let Some(count) = PENDING_SYSCALL_COUNT.get_ptr_mut(0) else { return };
+    if unsafe { *count } == 0 {
+        return; // no memory syscall in flight anywhere: the common case, by far
+    }
     let thread = bpf_get_current_pid_tgid();
     let Some(call) = PENDING_SYSCALLS.get_ptr(thread) else { return };
     let call = unsafe { *call };
-    let _ = PENDING_SYSCALLS.remove(thread);
+    if PENDING_SYSCALLS.remove(thread).is_ok() {
+        add(count, u64::MAX); // minus one
+    }
     let ret: u64 = ctx.arg(1);
     if failed(ret) {
         return;
