@@ -15,8 +15,8 @@ mod stack;
 mod syscalls;
 
 use aya_ebpf::{
-    macros::{raw_tracepoint, uprobe, uretprobe},
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
+    macros::{tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use memmon_common::AllocKind;
 
@@ -96,14 +96,16 @@ pub fn empty_exit(_ctx: RetProbeContext) -> u32 {
     0
 }
 
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+/// Attached to syscalls:sys_enter_{mmap,munmap,mremap,brk}.
+#[tracepoint]
+pub fn memory_syscall_enter(ctx: TracePointContext) -> u32 {
     syscalls::enter(&ctx);
     0
 }
 
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+/// Attached to syscalls:sys_exit_{mmap,munmap,mremap,brk}.
+#[tracepoint]
+pub fn memory_syscall_exit(ctx: TracePointContext) -> u32 {
     syscalls::exit(&ctx);
     0
 }

@@ -56,13 +56,6 @@ pub static TARGETS: HashMap<u32, ProcessMemory> = HashMap::with_max_entries(MAX_
 pub static PENDING_SYSCALLS: HashMap<u64, PendingSyscall> =
     HashMap::with_max_entries(MAX_PENDING_CALLS, BPF_F_NO_PREALLOC);
 
-/// How many entries PENDING_SYSCALLS holds (at least; a stale entry keeps it above zero). The
-/// exit tracepoint fires for every syscall on the machine — including the uretprobe syscall
-/// that ends every traced allocation — and this lets it return without a hash lookup when no
-/// memory syscall is in flight anywhere.
-#[map]
-pub static PENDING_SYSCALL_COUNT: Array<u64> = Array::with_max_entries(1, 0);
-
 /// Live anonymous mappings made since attach: (tgid, start) → size, site, time.
 #[map]
 pub static MAPPINGS: HashMap<LiveKey, LiveAlloc> =

@@ -1,8 +1,7 @@
-//! mmap, munmap, mremap and brk of the target processes, from the raw `sys_enter`/`sys_exit`
-//! tracepoints (no tracefs needed). These fire for every syscall on the machine, so the
-//! enter path filters on the syscall number first and the target table second, and the exit
-//! path returns at once unless some memory syscall is in flight, then does a single
-//! per-thread lookup.
+//! mmap, munmap, mremap and brk of the target processes, from the syscalls:sys_enter_* and
+//! sys_exit_* tracepoints of these four syscalls only. (The raw sys_enter/sys_exit tracepoints
+//! would run memmon for every syscall on the host, including the `uretprobe` syscall that ends
+//! each traced allocation.) Enter records the call per thread; exit applies it.
 //!
 //! Anonymous mappings are tracked as blocks like heap allocations. A mapping made while an
 //! allocator function runs on the thread belongs to the allocator (it backs heap blocks that
@@ -10,14 +9,17 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
-    programs::RawTracePointContext,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_task_pt_regs,
+    },
+    programs::TracePointContext,
 };
 use memmon_common::{ALLOCATOR_SITE, LiveAlloc, LiveKey, Loss, PendingSyscall, ProcessMemory, SiteStats, syscall};
 
 use crate::{
     counters::{add, lose},
-    maps::{MAPPING_SITES, MAPPINGS, PENDING_SYSCALL_COUNT, PENDING_SYSCALLS, TARGETS},
+    maps::{MAPPING_SITES, MAPPINGS, PENDING_SYSCALLS, TARGETS},
     stack,
 };
 
@@ -51,8 +53,12 @@ fn failed(ret: u64) -> bool {
     ret > (-4096i64) as u64
 }
 
-pub fn enter(ctx: &RawTracePointContext) {
-    let id: u64 = ctx.arg(1);
+/// Offsets in the syscalls:sys_enter_* / sys_exit_* tracepoint records.
+const RECORD_SYSCALL_NR: usize = 8;
+const RECORD_RET: usize = 16;
+
+pub fn enter(ctx: &TracePointContext) {
+    let id = unsafe { ctx.read_at::<i32>(RECORD_SYSCALL_NR) }.unwrap_or(-1) as u64;
     if id != syscall::MMAP && id != syscall::MUNMAP && id != syscall::MREMAP && id != syscall::BRK {
         return;
     }
@@ -60,7 +66,8 @@ pub fn enter(ctx: &RawTracePointContext) {
     if TARGETS.get_ptr((thread >> 32) as u32).is_none() {
         return;
     }
-    let regs: *const u64 = ctx.arg(0);
+    // The thread's user registers, as the syscall found them.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
     let sp = reg(regs, REG_SP);
     let call = PendingSyscall {
         ip: reg(regs, REG_IP),
@@ -71,23 +78,15 @@ pub fn enter(ctx: &RawTracePointContext) {
     };
     if PENDING_SYSCALLS.insert(thread, call, BPF_ANY as u64).is_err() {
         lose(Loss::PendingSyscallTableFull);
-    } else if let Some(count) = PENDING_SYSCALL_COUNT.get_ptr_mut(0) {
-        add(count, 1);
     }
 }
 
-pub fn exit(ctx: &RawTracePointContext) {
-    let Some(count) = PENDING_SYSCALL_COUNT.get_ptr_mut(0) else { return };
-    if unsafe { *count } == 0 {
-        return; // no memory syscall in flight anywhere: the common case, by far
-    }
+pub fn exit(ctx: &TracePointContext) {
     let thread = bpf_get_current_pid_tgid();
     let Some(call) = PENDING_SYSCALLS.get_ptr(thread) else { return };
     let call = unsafe { *call };
-    if PENDING_SYSCALLS.remove(thread).is_ok() {
-        add(count, u64::MAX); // minus one
-    }
-    let ret: u64 = ctx.arg(1);
+    let _ = PENDING_SYSCALLS.remove(thread);
+    let ret = unsafe { ctx.read_at::<i64>(RECORD_RET) }.unwrap_or(-1) as u64;
     if failed(ret) {
         return;
     }

@@ -14,5 +14,6 @@ pub mod process;
 pub mod report;
 pub mod snapshot;
 pub mod symbolize;
+pub mod tracefs;
 pub mod tracer;
 pub mod wire;

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, Map},
-    programs::{RawTracePoint, UProbe, uprobe::UProbeScope},
+    programs::{TracePoint, UProbe, uprobe::UProbeScope},
 };
 use memmon_common::{
     DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, LiveAlloc, LiveKey, Loss, ProcessMemory,
@@ -129,15 +129,8 @@ impl Tracer {
             attach_allocator(&mut ebpf, &process, &allocator, options.programs)?;
             targets.push(Target { process, allocator, heap_at_attach });
         }
-        let tracepoints: &[(&str, &str)] = match options.programs {
-            Programs::Tracking => &[("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")],
-            Programs::Empty => &[],
-        };
-        for &(name, tracepoint) in tracepoints {
-            let program: &mut RawTracePoint =
-                ebpf.program_mut(name).ok_or_else(|| anyhow!("eBPF program {name} missing"))?.try_into()?;
-            program.load().with_context(|| format!("verifier rejected {name}"))?;
-            program.attach(tracepoint).with_context(|| format!("attaching to raw tracepoint {tracepoint}"))?;
+        if options.programs == Programs::Tracking {
+            attach_memory_syscalls(&mut ebpf)?;
         }
         let mut armed: Array<_, u32> = Array::try_from(ebpf.map_mut("ARMED").context("ARMED map")?)?;
         armed.set(0, 1, 0)?;
@@ -283,6 +276,23 @@ fn attach_allocator(ebpf: &mut Ebpf, process: &Process, allocator: &Allocator, p
                         format!("attaching {program} to {} in {} (pid {})", site.function.symbol, object.path, process.pid)
                     })?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// The memory syscalls' own tracepoints (syscalls:sys_{enter,exit}_{mmap,munmap,mremap,brk}):
+/// they fire for these four syscalls only, where the raw syscall tracepoints would run memmon
+/// on every syscall of the host.
+fn attach_memory_syscalls(ebpf: &mut Ebpf) -> Result<()> {
+    crate::tracefs::ensure_mounted()?;
+    for (program, phase) in [("memory_syscall_enter", "sys_enter"), ("memory_syscall_exit", "sys_exit")] {
+        let program: &mut TracePoint =
+            ebpf.program_mut(program).ok_or_else(|| anyhow!("eBPF program {program} missing"))?.try_into()?;
+        program.load().with_context(|| format!("verifier rejected the {phase} program"))?;
+        for syscall in ["mmap", "munmap", "mremap", "brk"] {
+            let name = format!("{phase}_{syscall}");
+            program.attach("syscalls", &name).with_context(|| format!("attaching to tracepoint syscalls:{name}"))?;
         }
     }
     Ok(())
