@@ -6,14 +6,11 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     programs::{ProbeContext, RetProbeContext},
 };
-use memmon_common::{
-    AllocKind, BIRTH_UNIT_SHIFT, LiveAlloc, LiveKey, Loss, PendingCall, SiteStats,
-    size_bucket,
-};
+use memmon_common::{AllocKind, BIRTH_UNIT_SHIFT, LiveAlloc, LiveKey, Loss, PendingCall, size_bucket};
 
 use crate::{
     counters::{add, lose},
-    maps::{ARMED, LIVE, PENDING, SITES, SIZE_HISTOGRAM, TARGETS},
+    maps::{ARMED, LIVE, PENDING, SITES, SIZE_HISTOGRAM, TARGETS, site_counters, take_block},
     stack,
 };
 
@@ -219,7 +216,7 @@ fn record(regs: stack::UserRegs, tgid: u32, addr: u64, size: u64) {
         lose(Loss::StackCaptureFailed);
         return;
     };
-    let Some(stats) = site_stats(site) else {
+    let Some(stats) = site_counters(&SITES, site) else {
         lose(Loss::SiteTableFull);
         return;
     };
@@ -248,23 +245,10 @@ fn record(regs: stack::UserRegs, tgid: u32, addr: u64, size: u64) {
     }
 }
 
-#[inline(always)]
-fn site_stats(site: u64) -> Option<*mut SiteStats> {
-    if let Some(stats) = SITES.get_ptr_mut(site) {
-        return Some(stats);
-    }
-    // Losing the NOEXIST race to another CPU is fine: the lookup below finds its entry.
-    let _ = SITES.insert(site, SiteStats::default(), BPF_NOEXIST as u64);
-    SITES.get_ptr_mut(site)
-}
-
 /// Removes a live block and returns it; `None` if untracked or already taken by another thread.
 #[inline(always)]
 fn take_live(tgid: u32, addr: u64) -> Option<LiveAlloc> {
-    let key = LiveKey { addr, tgid, _pad: 0 };
-    let block = unsafe { *LIVE.get_ptr(&key)? };
-    LIVE.remove(&key).ok()?;
-    Some(block)
+    take_block(&LIVE, tgid, addr)
 }
 
 #[inline(always)]

@@ -1,7 +1,7 @@
 //! The kernel maps. Capacities marked "resized at load" are set by userspace from configuration.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -69,3 +69,24 @@ pub static MAPPING_SITES: HashMap<u64, SiteStats> =
 /// Sizes of the tracked allocations (all targets): counts per power-of-two bucket.
 #[map]
 pub static SIZE_HISTOGRAM: Array<u64> = Array::with_max_entries(SIZE_HISTOGRAM_ENTRIES, 0);
+
+/// Removes the block at `addr` of process `tgid` from a block table (LIVE or MAPPINGS) and
+/// returns it; `None` if untracked, or taken meanwhile by another CPU.
+#[inline(always)]
+pub fn take_block(table: &HashMap<LiveKey, LiveAlloc>, tgid: u32, addr: u64) -> Option<LiveAlloc> {
+    let key = LiveKey { addr, tgid, _pad: 0 };
+    let block = unsafe { *table.get_ptr(&key)? };
+    table.remove(&key).ok()?;
+    Some(block)
+}
+
+/// The counters of `site` in a site table (SITES or MAPPING_SITES), created at zero on first
+/// use. Losing the creation race to another CPU is fine: the lookup after it finds its entry.
+#[inline(always)]
+pub fn site_counters(table: &HashMap<u64, SiteStats>, site: u64) -> Option<*mut SiteStats> {
+    if let Some(stats) = table.get_ptr_mut(site) {
+        return Some(stats);
+    }
+    let _ = table.insert(site, SiteStats::default(), BPF_NOEXIST as u64);
+    table.get_ptr_mut(site)
+}

@@ -15,11 +15,11 @@ use aya_ebpf::{
     },
     programs::TracePointContext,
 };
-use memmon_common::{ALLOCATOR_SITE, LiveAlloc, LiveKey, Loss, PendingSyscall, ProcessMemory, SiteStats, syscall};
+use memmon_common::{ALLOCATOR_SITE, LiveAlloc, LiveKey, Loss, PendingSyscall, ProcessMemory, syscall};
 
 use crate::{
     counters::{add, lose},
-    maps::{MAPPING_SITES, MAPPINGS, PENDING_SYSCALLS, TARGETS},
+    maps::{MAPPING_SITES, MAPPINGS, PENDING_SYSCALLS, TARGETS, site_counters, take_block},
     stack,
 };
 
@@ -136,10 +136,7 @@ fn credit(process: &mut ProcessMemory, site: u64, bytes: u64, blocks: u64, mappe
     }
     let counter = if mapped { &mut process.program_mapped_bytes } else { &mut process.program_unmapped_bytes };
     add(counter, bytes);
-    if MAPPING_SITES.get_ptr(site).is_none() {
-        let _ = MAPPING_SITES.insert(site, SiteStats::default(), BPF_NOEXIST as u64);
-    }
-    if let Some(stats) = MAPPING_SITES.get_ptr_mut(site) {
+    if let Some(stats) = site_counters(&MAPPING_SITES, site) {
         let stats = unsafe { &mut *stats };
         if mapped {
             add(&mut stats.alloc_bytes, bytes);
@@ -149,14 +146,6 @@ fn credit(process: &mut ProcessMemory, site: u64, bytes: u64, blocks: u64, mappe
             add(&mut stats.free_count, blocks);
         }
     }
-}
-
-#[inline(always)]
-fn take(tgid: u32, addr: u64) -> Option<LiveAlloc> {
-    let key = LiveKey { addr, tgid, _pad: 0 };
-    let mapping = unsafe { *MAPPINGS.get_ptr(&key)? };
-    MAPPINGS.remove(&key).ok()?;
-    Some(mapping)
 }
 
 /// Releases [addr, addr + len): whole tracked mappings starting there, and the head of the
@@ -170,7 +159,7 @@ fn unmap(process: &mut ProcessMemory, tgid: u32, addr: u64, len: u64) {
         if remaining == 0 {
             return;
         }
-        let Some(mapping) = take(tgid, addr) else { return };
+        let Some(mapping) = take_block(&MAPPINGS, tgid, addr) else { return };
         if mapping.size > remaining {
             let rest = LiveAlloc { size: mapping.size - remaining, ..mapping };
             let key = LiveKey { addr: addr + remaining, tgid, _pad: 0 };
@@ -196,7 +185,7 @@ fn remap(process: &mut ProcessMemory, tgid: u32, call: &PendingSyscall, new_addr
     if old_len == 0 {
         return; // duplicates a shared mapping; nothing of ours moves
     }
-    let Some(mapping) = take(tgid, old_addr) else { return };
+    let Some(mapping) = take_block(&MAPPINGS, tgid, old_addr) else { return };
     let moved = if old_len < mapping.size { old_len } else { mapping.size };
     if mapping.size > moved {
         // Only the head moved; the rest stays where it was.
