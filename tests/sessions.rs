@@ -9,7 +9,7 @@ use std::{
 };
 
 use memmon::profiles::{meta::ProfileMeta, pprof};
-use memmon_tests::{Agent, Target, http, require_root};
+use memmon_tests::{Agent, Target, has_top_row, http, pprof_top, require_root};
 use serde_json::Value;
 
 /// A fresh profile directory for one test.
@@ -57,23 +57,6 @@ fn wait_ended(agent: &Agent, id: &str, within: Duration) -> Value {
     }
 }
 
-/// `go tool pprof -top` of one sample type, in exact bytes/counts.
-fn pprof_top(file: &Path, index: &str) -> String {
-    let unit = if index.ends_with("space") { "-unit=B" } else { "-unit=minimum" };
-    let output = Command::new("go")
-        .args(["tool", "pprof", "-top", unit, &format!("-sample_index={index}")])
-        .arg(file)
-        .env("HOME", std::env::temp_dir())
-        .output()
-        .expect("go (Debian package golang-go; cargo xtask setup installs it)");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn has_row(top: &str, value: &str, function: &str) -> bool {
-    top.lines().any(|l| l.trim_start().starts_with(&format!("{value} ")) && l.trim_end().ends_with(&format!(" {function}")))
-}
-
 fn read_meta(file: &Path) -> ProfileMeta {
     let profile = pprof::decode(&std::fs::read(file).unwrap()).unwrap();
     ProfileMeta::from_comments(profile.comment.iter().map(|&i| profile.string_table[i as usize].as_str()))
@@ -106,18 +89,21 @@ fn a_session_profiles_exactly_its_window() {
     assert_eq!(info["size_bytes"], std::fs::metadata(&file).unwrap().len());
 
     // Only the second leak is the window's: 100 blocks, not 200.
-    assert!(has_row(&pprof_top(&file, "inuse_space"), "104950B", "leak_exactly"), "{}", pprof_top(&file, "inuse_space"));
-    assert!(has_row(&pprof_top(&file, "inuse_objects"), "100", "leak_exactly"));
-    assert!(has_row(&pprof_top(&file, "alloc_space"), "104950B", "leak_exactly"));
+    assert!(has_top_row(&pprof_top(&file, "inuse_space"), "104950B", "leak_exactly"), "{}", pprof_top(&file, "inuse_space"));
+    assert!(has_top_row(&pprof_top(&file, "inuse_objects"), "100", "leak_exactly"));
+    assert!(has_top_row(&pprof_top(&file, "alloc_space"), "104950B", "leak_exactly"));
     let allocated = pprof_top(&file, "alloc_space");
-    assert!(has_row(&allocated, "352000B", "churn_everything"), "{allocated}");
+    assert!(has_top_row(&allocated, "352000B", "churn_everything"), "{allocated}");
     assert!(!pprof_top(&file, "inuse_space").contains("churn_everything"), "churn leaves nothing live");
 
     let meta = read_meta(&file);
     assert_eq!((meta.id.as_str(), meta.state.name(), meta.reason.as_str()), (id.as_str(), "finished", "stopped on request"));
     assert_eq!(meta.targets[0].pid, target.pid());
     assert!(!meta.timeline.is_empty() && meta.peaks().0 > 0, "a memory timeline with RSS: {meta:?}");
-    assert!(meta.peaks().1 >= 2 * 104_950, "the live heap includes both leaks: {meta:?}");
+    // The live heap holds both leaks at the end; a timeline point taken mid-churn may add the
+    // few blocks churn_everything holds at once (64 + 64 + 128 bytes at most).
+    let heap_peak = meta.peaks().1;
+    assert!((2 * 104_950..=2 * 104_950 + 256).contains(&heap_peak), "the live heap includes both leaks: {meta:?}");
 
     // Stopping again changes nothing; the status text lists the session.
     let again = json_command(&agent, "stop-profiling", &["--profile-id", &id]);
@@ -149,10 +135,10 @@ fn a_session_can_cover_one_of_the_agents_processes() {
     }
     let file = dir.join(format!("{only_second}.pb.gz"));
     let inuse = pprof_top(&file, "inuse_space");
-    assert!(has_row(&inuse, "10000B", "leak_calloc") && !inuse.contains("leak_exactly"), "{inuse}");
+    assert!(has_top_row(&inuse, "10000B", "leak_calloc") && !inuse.contains("leak_exactly"), "{inuse}");
     assert_eq!(read_meta(&file).targets.iter().map(|t| t.pid).collect::<Vec<_>>(), [second.pid()]);
     let inuse = pprof_top(&dir.join(format!("{both}.pb.gz")), "inuse_space");
-    assert!(has_row(&inuse, "10000B", "leak_calloc") && has_row(&inuse, "104950B", "leak_exactly"), "{inuse}");
+    assert!(has_top_row(&inuse, "10000B", "leak_calloc") && has_top_row(&inuse, "104950B", "leak_exactly"), "{inuse}");
     // A pid the agent does not trace is refused.
     let (code, _, stderr) = agent.command("start-profiling", &["--pid", "1"]);
     assert_eq!(code, 1);
@@ -187,8 +173,8 @@ fn sessions_end_at_their_duration_and_run_side_by_side() {
     let meta = read_meta(&dir.join(format!("{long}.pb.gz")));
     assert_eq!((meta.state.name(), meta.reason.as_str()), ("finished", "the agent stopped"));
     let long_file = dir.join(format!("{long}.pb.gz"));
-    assert!(has_row(&pprof_top(&long_file, "inuse_space"), "10000B", "leak_calloc"));
-    assert!(has_row(&pprof_top(&long_file, "inuse_space"), "104950B", "leak_exactly"));
+    assert!(has_top_row(&pprof_top(&long_file, "inuse_space"), "10000B", "leak_calloc"));
+    assert!(has_top_row(&pprof_top(&long_file, "inuse_space"), "104950B", "leak_exactly"));
     assert!(!pprof_top(&dir.join(format!("{short}.pb.gz")), "inuse_space").contains("leak_calloc"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -207,7 +193,7 @@ fn a_target_exiting_mid_session_ends_it_with_what_it_held() {
     assert_eq!((ended["state"].as_str(), ended["reason"].as_str()), (Some("finished"), Some("every target exited")), "{ended}");
     assert_eq!(ended["live_bytes"], 104_950, "what was live when it exited: {ended}");
     let file = dir.join(format!("{id}.pb.gz"));
-    assert!(has_row(&pprof_top(&file, "inuse_space"), "104950B", "leak_exactly"), "symbolized after exit too");
+    assert!(has_top_row(&pprof_top(&file, "inuse_space"), "104950B", "leak_exactly"), "symbolized after exit too");
     // Nothing left to profile: a new session is refused.
     let (code, _, stderr) = agent.command("start-profiling", &[]);
     assert_eq!(code, 1);

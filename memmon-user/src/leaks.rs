@@ -546,20 +546,11 @@ fn to_i64(x: f64) -> i64 {
     finite(x).round() as i64
 }
 
-/// "512 B", "10.0 KiB", "3.5 MiB", "1.2 GiB"; negative values keep their sign.
+/// The report's byte formatting for a fitted (real, possibly negative) amount.
 fn human_bytes(bytes: f64) -> String {
-    const KIB: f64 = 1024.0;
     let bytes = finite(bytes);
-    let (sign, size) = if bytes < 0.0 { ("-", -bytes) } else { ("", bytes) };
-    if size < KIB {
-        format!("{sign}{size:.0} B")
-    } else if size < KIB * KIB {
-        format!("{sign}{:.1} KiB", size / KIB)
-    } else if size < KIB * KIB * KIB {
-        format!("{sign}{:.1} MiB", size / (KIB * KIB))
-    } else {
-        format!("{sign}{:.1} GiB", size / (KIB * KIB * KIB))
-    }
+    let sign = if bytes < 0.0 { "-" } else { "" };
+    format!("{sign}{}", crate::report::human_bytes(bytes.abs().round() as u64))
 }
 
 #[cfg(test)]
@@ -1187,6 +1178,6 @@ mod tests {
         assert_eq!(human_bytes(3.0 * 1024.0 * MIB as f64), "3.0 GiB");
         assert_eq!(human_bytes(-2048.0), "-2.0 KiB");
         assert_eq!(human_bytes(f64::NAN), "0 B");
-        assert_eq!(human_bytes(u64::MAX as f64), "17179869184.0 GiB");
+        assert_eq!(human_bytes(u64::MAX as f64), "16384.0 PiB");
     }
 }

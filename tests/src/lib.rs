@@ -304,3 +304,22 @@ pub fn try_http(url: &str, request_line: &str) -> std::io::Result<(u16, String)>
     let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
     Ok((status, body))
 }
+
+/// `go tool pprof -top` of one sample type of a profile file, in exact units (bytes as "…B",
+/// counts as they are).
+pub fn pprof_top(file: &Path, sample_index: &str) -> String {
+    let unit = if sample_index.ends_with("space") { "-unit=B" } else { "-unit=minimum" };
+    let output = Command::new("go")
+        .args(["tool", "pprof", "-top", unit, &format!("-sample_index={sample_index}")])
+        .arg(file)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .expect("go (Debian package golang-go; cargo xtask setup installs it)");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Whether a `pprof -top` listing has `function`'s row with exactly `value` in its first column.
+pub fn has_top_row(top: &str, value: &str, function: &str) -> bool {
+    top.lines().any(|l| l.trim_start().starts_with(&format!("{value} ")) && l.trim_end().ends_with(&format!(" {function}")))
+}
