@@ -14,7 +14,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::PathBuf,
     time::Duration,
 };
 
@@ -59,7 +58,6 @@ pub struct Written {
     pub profile: HeapProfile,
     pub meta: ProfileMeta,
     pub size_bytes: u64,
-    pub window: Duration,
     pub allocated_bytes: u64,
     pub allocations: u64,
     pub live_bytes: u64,
@@ -139,6 +137,11 @@ impl Session {
 
     pub fn elapsed(&self, now_ns: u64) -> Duration {
         Duration::from_nanos(now_ns.saturating_sub(self.start_ns))
+    }
+
+    /// The part of the window the file on disk covers (up to its last checkpoint).
+    pub fn written_window(&self) -> Duration {
+        self.elapsed(self.last_checkpoint_ns)
     }
 
     pub fn expired(&self, now_ns: u64) -> bool {
@@ -222,7 +225,7 @@ impl Session {
 
     fn with_kept_window(&self, reason: String) -> String {
         match &self.written {
-            Some(written) => format!("{reason}; the file holds the first {:.1} s", written.window.as_secs_f64()),
+            Some(_) => format!("{reason}; the file holds the first {:.1} s", self.written_window().as_secs_f64()),
             None => reason,
         }
     }
@@ -277,7 +280,6 @@ impl Session {
             allocated_bytes: total(1),
             live_allocations: total(2),
             live_bytes: total(3),
-            window: Duration::from_nanos(at_ns.saturating_sub(self.start_ns)),
             size_bytes: size as u64,
             profile,
             meta,
@@ -315,9 +317,6 @@ impl Session {
             .collect()
     }
 
-    pub fn path(&self, dir: &ProfileDir) -> PathBuf {
-        dir.path_of(&self.id)
-    }
 }
 
 #[cfg(test)]

@@ -337,10 +337,10 @@ impl Agent {
 
     fn profile_info(&self, session: &Session) -> wire::ProfileInfo {
         let written = session.written.as_ref();
-        let file = self.profiler.dir.as_ref().map(|dir| session.path(dir).display().to_string()).unwrap_or_default();
+        let file = self.profiler.dir.as_ref().map(|dir| dir.path_of(&session.id).display().to_string()).unwrap_or_default();
         let elapsed = match session.is_running() {
             true => session.elapsed(crate::snapshot::monotonic_ns()),
-            false => written.map_or(Duration::ZERO, |w| w.window),
+            false => session.written_window(),
         };
         wire::ProfileInfo {
             profile_id: session.id.to_string(),
