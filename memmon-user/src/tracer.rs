@@ -174,10 +174,10 @@ impl Tracer {
         })
     }
 
-    /// Sizes of the live tracked blocks of `pid`, read from the live table (one pass; for
-    /// on-demand summaries, not for every snapshot).
-    pub fn live_block_sizes(&self, pid: u32) -> Result<Vec<u64>> {
-        Ok(self.live_blocks(|block| block.pid == pid)?.into_iter().map(|block| block.size).collect())
+    /// Sizes of the live tracked blocks of every target, read from the live table (one pass;
+    /// for on-demand summaries, not for every snapshot).
+    pub fn live_block_sizes(&self) -> Result<Vec<u64>> {
+        Ok(self.live_blocks(|_| true)?.into_iter().map(|block| block.size).collect())
     }
 
     /// The live tracked blocks allocated at or after `since_ns` (CLOCK_MONOTONIC): what a

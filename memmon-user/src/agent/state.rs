@@ -268,11 +268,10 @@ impl Agent {
         }
         let mut by_module: Vec<Bucket> = by_module.into_values().collect();
         by_module.sort_by_key(|b| std::cmp::Reverse(b.live_bytes));
-        let mut sizes = Vec::new();
+        let sizes = self.tracer.live_block_sizes()?;
         let mut processes = Vec::new();
         for target in self.tracer.targets() {
             let pid = target.process.pid;
-            sizes.extend(self.tracer.live_block_sizes(pid)?);
             let memory = self.memory.get(&pid).copied().unwrap_or_default();
             let heap: Vec<&SiteSample> = self.snapshot.sites.iter().filter(|s| s.pid == pid).collect();
             let process = self.snapshot.processes.iter().find(|p| p.pid == pid);
