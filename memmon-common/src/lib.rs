@@ -93,7 +93,170 @@ pub const BIRTH_UNIT_SHIFT: u32 = 20;
 pub struct StackTrace {
     pub tgid: u32,
     pub depth: u32,
+    /// Why the walk stopped before the bottom of the stack ([`Truncation`]); 0 when it reached
+    /// the bottom. Part of the site's identity: a truncated stack never merges with a whole one.
+    pub truncated: u32,
+    pub _pad: u32,
     pub ips: [u64; MAX_STACK_DEPTH],
+}
+
+/// Why a stack walk stopped early. Every frame of a stored stack is right; what lies below the
+/// last one is unknown for this reason.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Truncation {
+    /// The walk reached the bottom of the stack (`_start`, `start_thread`, `clone3`).
+    Complete = 0,
+    /// The next return address lies outside every file-backed executable mapping of the
+    /// process (a JIT page, a corrupted frame, garbage).
+    OutsideObjects = 1,
+    /// The code at the frame has no unwind rows (no CFI, or its object's table was not loaded).
+    NoUnwindInfo = 2,
+    /// The frame's CFI uses a rule the kernel walker does not follow.
+    UnsupportedRule = 3,
+    /// Reading the saved registers from the user stack failed.
+    StackReadFailed = 4,
+    /// More frames than `MAX_STACK_DEPTH`.
+    DepthLimit = 5,
+    /// The process' executable mappings are not (yet) known to the kernel walker.
+    NoProcessMap = 6,
+    /// A frame's stack pointer did not move up the stack (a loop in corrupted frames).
+    StackNotAdvancing = 7,
+    /// The stack could not be stored (its table full, or hash collisions): the allocation is
+    /// counted under the process' "unknown stack" site, and the loss is counted.
+    NotStored = 8,
+}
+
+impl Truncation {
+    pub const fn from_raw(raw: u32) -> Self {
+        match raw {
+            0 => Truncation::Complete,
+            1 => Truncation::OutsideObjects,
+            2 => Truncation::NoUnwindInfo,
+            3 => Truncation::UnsupportedRule,
+            4 => Truncation::StackReadFailed,
+            5 => Truncation::DepthLimit,
+            6 => Truncation::NoProcessMap,
+            7 => Truncation::StackNotAdvancing,
+            _ => Truncation::NotStored,
+        }
+    }
+
+    /// Stable snake_case name, used in JSON, pprof labels and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Truncation::Complete => "complete",
+            Truncation::OutsideObjects => "outside_objects",
+            Truncation::NoUnwindInfo => "no_unwind_info",
+            Truncation::UnsupportedRule => "unsupported_rule",
+            Truncation::StackReadFailed => "stack_read_failed",
+            Truncation::DepthLimit => "depth_limit",
+            Truncation::NoProcessMap => "no_process_map",
+            Truncation::StackNotAdvancing => "stack_not_advancing",
+            Truncation::NotStored => "not_stored",
+        }
+    }
+}
+
+/// The tables the kernel walks stacks with: compact CFI rows compiled by userspace
+/// (`memmon-user/src/unwind/`) and walked by `memmon-ebpf/src/unwind.rs`.
+pub mod unwind {
+    /// Rows are indexed by 4 KiB page of code so that a lookup is a short binary search.
+    pub const PAGE_SHIFT: u32 = 12;
+    /// Executable file mappings per process the walker knows (a large Python process with many
+    /// extension modules maps a few hundred).
+    pub const MAX_EXEC_MAPPINGS: u32 = 1024;
+    /// Executable file mappings of all processes together.
+    pub const MAPPING_TABLE_ENTRIES: u32 = 1 << 16;
+    /// Objects (distinct files with unwind tables) loaded at once.
+    pub const MAX_OBJECTS: u32 = 8192;
+    /// `ExecMapping::object` of a mapping whose object has no table.
+    pub const NO_OBJECT: u32 = u32::MAX;
+    /// Default size of the row table (`MEMMON_UNWIND_TABLE_MAX_MB`).
+    pub const DEFAULT_TABLE_MAX_MB: u32 = 64;
+    /// Binary-search steps that cover any page's rows (a page holds at most 4096 rows, one a
+    /// byte) and any process' mappings.
+    pub const ROW_SEARCH_STEPS: u32 = 13;
+    pub const MAPPING_SEARCH_STEPS: u32 = 11;
+
+    /// How to find the caller's frame at an address.
+    pub mod kind {
+        /// No CFI covers the address (a gap between functions, or code without CFI).
+        pub const NONE: u8 = 0;
+        /// CFA = rsp + cfa_offset.
+        pub const CFA_RSP: u8 = 1;
+        /// CFA = rbp + cfa_offset.
+        pub const CFA_RBP: u8 = 2;
+        /// A lazy-binding PLT entry: CFA = rsp + 8, plus 8 once past the entry's push
+        /// (`(rip & 15) >= cfa_offset`), the expression ld writes for `.plt`.
+        pub const PLT: u8 = 3;
+        /// The return address is undefined: the outermost frame (`_start`, `clone3`).
+        pub const END: u8 = 4;
+        /// CFI exists but uses a rule the walker does not follow (a DWARF expression, a CFA
+        /// in another register, an offset too large for the row).
+        pub const UNSUPPORTED: u8 = 5;
+    }
+
+    /// `Row::rbp` when the caller's rbp is the current rbp (not saved by this frame).
+    pub const RBP_UNCHANGED: i8 = 0;
+    /// `Row::rbp` when the caller's rbp cannot be recovered at this address.
+    pub const RBP_LOST: i8 = i8::MIN;
+
+    /// One CFI row: from `pc` (relative to its object's `base`) up to the next row's `pc`.
+    /// The return address is at CFA - 8 (the x86-64 ABI; rows where it is not are UNSUPPORTED).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Row {
+        pub pc: u32,
+        pub cfa_offset: i16,
+        pub kind: u8,
+        /// Where the caller's rbp was saved: CFA + 8 * rbp; or RBP_UNCHANGED / RBP_LOST.
+        pub rbp: i8,
+    }
+
+    /// The rows a lookup in one page of an object searches, `first..=last` (indexes from the
+    /// object's `rows_start`): from the row in effect at the page's first byte to the last row
+    /// starting inside the page.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct PageRows {
+        pub first: u32,
+        pub last: u32,
+    }
+
+    /// Where an object's rows and page index sit in the shared tables.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Object {
+        /// ELF virtual address that row and page offsets count from (page aligned).
+        pub base: u64,
+        pub rows_start: u32,
+        pub row_count: u32,
+        /// First of the object's `page_count` entries in the page index.
+        pub pages_start: u32,
+        pub page_count: u32,
+    }
+
+    /// A file-backed executable mapping of a process: `pc - bias` is the ELF virtual address.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct ExecMapping {
+        pub start: u64,
+        pub end: u64,
+        pub bias: u64,
+        /// Index into the object table, or NO_OBJECT.
+        pub object: u32,
+        pub _pad: u32,
+    }
+
+    /// Where a process' executable file mappings sit in the shared mapping table, sorted by
+    /// start. Replaced whole (a new range written first) when the process maps or unmaps code.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct MappingRange {
+        pub first: u32,
+        pub count: u32,
+    }
 }
 
 /// Capacity of the anonymous-mapping table (one entry per live mapping made since attach).
@@ -117,11 +280,9 @@ pub struct PendingSyscall {
     /// The syscall's first four arguments (mmap: addr, len, prot, flags;
     /// munmap: addr, len; mremap: old_addr, old_len, new_len, flags; brk: addr).
     pub args: [u64; 4],
-    /// The word at the user stack pointer: the return address into the caller when the
-    /// syscall is made by a leaf wrapper such as glibc's mmap (which has no frame pointer).
-    pub return_address: u64,
-    /// User instruction and frame pointers at entry, where the stack walk starts.
+    /// User instruction, stack and frame pointers at entry, where the stack walk starts.
     pub ip: u64,
+    pub sp: u64,
     pub fp: u64,
 }
 
@@ -141,6 +302,9 @@ pub struct ProcessMemory {
     /// Frees (and reallocs) by the program of blocks memmon does not track: allocated before
     /// it attached.
     pub untracked_frees: u64,
+    /// Executable file mappings made since attach (dlopen): tells userspace to refresh the
+    /// process' unwind view.
+    pub code_maps: u64,
 }
 
 /// Allocation-size histogram: bucket `i` counts allocations of at most 2^i bytes
@@ -244,6 +408,11 @@ mod pod {
     unsafe impl aya::Pod for StackTrace {}
     unsafe impl aya::Pod for PendingSyscall {}
     unsafe impl aya::Pod for ProcessMemory {}
+    unsafe impl aya::Pod for unwind::Row {}
+    unsafe impl aya::Pod for unwind::Object {}
+    unsafe impl aya::Pod for unwind::PageRows {}
+    unsafe impl aya::Pod for unwind::ExecMapping {}
+    unsafe impl aya::Pod for unwind::MappingRange {}
 }
 
 #[cfg(test)]

@@ -26,9 +26,9 @@ const RETURN_ADDRESS_BYTES: u64 = 0;
 fn stack_regs(regs: *mut pt_regs) -> stack::UserRegs {
     let regs = unsafe { &*regs };
     #[cfg(bpf_target_arch = "x86_64")]
-    return stack::UserRegs { ip: regs.rip, fp: regs.rbp };
+    return stack::UserRegs { ip: regs.rip, sp: regs.rsp, rbp: regs.rbp };
     #[cfg(bpf_target_arch = "aarch64")]
-    return stack::UserRegs { ip: regs.pc, fp: regs.regs[29] };
+    return stack::UserRegs { ip: regs.pc, sp: regs.sp, rbp: regs.regs[29] };
 }
 
 #[inline(always)]
@@ -212,7 +212,7 @@ fn count_untracked_free(tgid: u32) {
 /// Records a successful allocation of `size` bytes at `addr`.
 #[inline(always)]
 fn record(regs: stack::UserRegs, tgid: u32, addr: u64, size: u64) {
-    let Some(site) = stack::current_site(regs, tgid, None) else {
+    let Some(site) = stack::current_site(regs, tgid) else {
         lose(Loss::StackCaptureFailed);
         return;
     };

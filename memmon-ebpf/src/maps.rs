@@ -9,7 +9,12 @@ use memmon_common::{
     DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, LOSS_REASONS, LiveAlloc, LiveKey,
     MAX_MAPPINGS, MAX_PENDING_CALLS, MAX_TARGETS, PendingCall, PendingSyscall, ProcessMemory,
     SIZE_HISTOGRAM_ENTRIES, SiteStats, StackTrace,
+    unwind::{DEFAULT_TABLE_MAX_MB, ExecMapping, MAPPING_TABLE_ENTRIES, MAX_OBJECTS, MappingRange, Object, PageRows, Row},
 };
+
+/// `BPF_F_MMAPABLE`: userspace writes the unwind tables in place through a shared mapping.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+const DEFAULT_UNWIND_ROWS: u32 = DEFAULT_TABLE_MAX_MB * (1 << 20) / core::mem::size_of::<Row>() as u32;
 
 /// Allocator calls in flight: one slot per thread (`pid_tgid`), reused call after call; a
 /// slot with `entry_sp == 0` is idle. Only its own thread touches a slot. LRU, so the slots of
@@ -69,6 +74,30 @@ pub static MAPPING_SITES: HashMap<u64, SiteStats> =
 /// Sizes of the tracked allocations (all targets): counts per power-of-two bucket.
 #[map]
 pub static SIZE_HISTOGRAM: Array<u64> = Array::with_max_entries(SIZE_HISTOGRAM_ENTRIES, 0);
+
+/// CFI rows of every loaded object, each object's rows contiguous and sorted. Resized at load
+/// (`MEMMON_UNWIND_TABLE_MAX_MB`).
+#[map]
+pub static UNWIND_ROWS: Array<Row> = Array::with_max_entries(DEFAULT_UNWIND_ROWS, BPF_F_MMAPABLE);
+
+/// Per-object page indexes into UNWIND_ROWS (see `unwind::Object`). Resized at load.
+#[map]
+pub static UNWIND_PAGES: Array<PageRows> = Array::with_max_entries(DEFAULT_UNWIND_ROWS / 8, BPF_F_MMAPABLE);
+
+/// Where each loaded object's rows and pages are.
+#[map]
+pub static UNWIND_OBJECTS: Array<Object> = Array::with_max_entries(MAX_OBJECTS, 0);
+
+/// The targets' executable file mappings, each process' sorted and contiguous. (An array
+/// rather than one hash value per process: the walk's binary search then indexes through map
+/// lookups, whose bounds the kernel checks at run time, and the verifier need not follow every
+/// value the index can take.)
+#[map]
+pub static EXEC_MAPPINGS: Array<ExecMapping> = Array::with_max_entries(MAPPING_TABLE_ENTRIES, BPF_F_MMAPABLE);
+
+/// Where each target's mappings are in EXEC_MAPPINGS (tgid → range).
+#[map]
+pub static TARGET_MAPPINGS: HashMap<u32, MappingRange> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
 /// Removes the block at `addr` of process `tgid` from a block table (LIVE or MAPPINGS) and
 /// returns it; `None` if untracked, or taken meanwhile by another CPU.

@@ -4,40 +4,30 @@
 //! hit, and a colliding different stack moves to the next slot, so two stacks are never merged
 //! into one site and a site is never relabelled (unlike `BPF_F_REUSE_STACKID` stack-id maps).
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_user};
-use memmon_common::{Loss, MAX_STACK_DEPTH, STACK_PROBE_LIMIT, StackTrace};
+use aya_ebpf::bindings::BPF_NOEXIST;
+use memmon_common::{Loss, MAX_STACK_DEPTH, STACK_PROBE_LIMIT, StackTrace, Truncation};
 
+pub use crate::unwind::UserRegs;
 use crate::{
     counters::lose,
     maps::{STACK_SCRATCH, STACKS},
+    unwind,
 };
 
 const EEXIST: i32 = 17;
 
-/// The user registers a stack walk starts from.
-#[derive(Clone, Copy)]
-pub struct UserRegs {
-    /// Instruction pointer: the first frame.
-    pub ip: u64,
-    /// Frame pointer (x86-64 rbp) of the function that `ip` is in, or of its caller when
-    /// `ip` is in a leaf that set up no frame.
-    pub fp: u64,
-}
-
 /// Captures the calling thread's user stack and returns its site id.
 ///
-/// From the allocator's return probe the first frame is the allocator's caller. From a syscall,
-/// the first frame is inside the syscall wrapper (glibc's mmap), whose caller a frame-pointer
-/// walk skips because the wrapper sets up no frame: `leaf_return` (the word at the user stack
-/// pointer at syscall entry) is then inserted as the second frame.
+/// From the allocator's return probe the first frame is the allocator's caller; from a
+/// syscall, the syscall wrapper (glibc's mmap). The walk itself is `unwind::walk`.
 ///
-/// When the stack cannot be captured or stored, the allocation still counts, under the
-/// process's "unknown stack" site (depth 0), and the reason is counted as a loss.
+/// When the stack cannot be stored, the allocation still counts, under the process's
+/// "unknown stack" site (depth 0), and the reason is counted as a loss.
 #[inline(always)]
-pub fn current_site(regs: UserRegs, tgid: u32, leaf_return: Option<u64>) -> Option<u64> {
+pub fn current_site(regs: UserRegs, tgid: u32) -> Option<u64> {
     let scratch = unsafe { &mut *STACK_SCRATCH.get_ptr_mut(0)? };
     scratch.tgid = tgid;
-    scratch.depth = walk_frame_pointers(scratch, regs, leaf_return);
+    unwind::walk(scratch, regs, tgid);
     if scratch.depth == 0 {
         lose(Loss::StackCaptureFailed);
     }
@@ -50,57 +40,19 @@ pub fn current_site(regs: UserRegs, tgid: u32, leaf_return: Option<u64>) -> Opti
     }
 }
 
-/// Walks the frame-pointer chain: each frame holds the caller's frame pointer and the return
-/// address just above it. Done here rather than with `bpf_get_stack`, which measured ~500 ns
-/// per allocation for a five-frame stack on these machines; one 16-byte user read per frame is
-/// several times cheaper. Returns the depth.
-#[inline(always)]
-fn walk_frame_pointers(scratch: &mut StackTrace, regs: UserRegs, leaf_return: Option<u64>) -> u32 {
-    if regs.ip == 0 {
-        return 0;
-    }
-    scratch.ips[0] = regs.ip;
-    let mut depth = 1;
-    if let Some(return_address) = leaf_return {
-        scratch.ips[1] = return_address;
-        depth = 2;
-    }
-    let mut fp = regs.fp;
-    for _ in 0..MAX_STACK_DEPTH {
-        if fp == 0 || fp % 8 != 0 {
-            break;
-        }
-        let Ok([caller_fp, return_address]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
-            break;
-        };
-        if return_address == 0 {
-            break;
-        }
-        let Some(slot) = scratch.ips.get_mut(depth) else { break };
-        *slot = return_address;
-        depth += 1;
-        // The stack grows down: a caller's frame is always above. Anything else ends the chain
-        // (a frame without a frame pointer, or garbage).
-        if caller_fp <= fp {
-            break;
-        }
-        fp = caller_fp;
-    }
-    depth as u32
-}
-
 /// The process' "unknown stack" site: an empty stack, stored like any other. Separate from
 /// `intern` (whose loops the verifier would otherwise walk a second time) because an empty
 /// stack only needs its tgid compared.
 #[inline(always)]
 fn unknown_site(scratch: &mut StackTrace) -> Option<u64> {
     scratch.depth = 0;
+    scratch.truncated = Truncation::NotStored as u32;
     let hash = finish_hash((scratch.tgid as u64) << 32);
     for probe in 0..STACK_PROBE_LIMIT {
         let site = hash.wrapping_add(probe);
         if let Some(existing) = STACKS.get_ptr(site) {
             let existing = unsafe { &*existing };
-            if existing.tgid == scratch.tgid && existing.depth == 0 {
+            if existing.tgid == scratch.tgid && existing.depth == 0 && existing.truncated == scratch.truncated {
                 return Some(site);
             }
             continue;
@@ -146,7 +98,7 @@ fn depth_of(stack: &StackTrace) -> usize {
 
 #[inline(always)]
 fn content_hash(stack: &StackTrace) -> u64 {
-    let mut hash = (stack.tgid as u64) << 32 | stack.depth as u64;
+    let mut hash = ((stack.tgid as u64) << 32 | stack.depth as u64) ^ (stack.truncated as u64) << 24;
     let depth = depth_of(stack);
     for i in 0..MAX_STACK_DEPTH {
         if i >= depth {
@@ -169,7 +121,7 @@ fn finish_hash(mut hash: u64) -> u64 {
 
 #[inline(always)]
 fn same_stack(a: &StackTrace, b: &StackTrace) -> bool {
-    if a.tgid != b.tgid || a.depth != b.depth {
+    if a.tgid != b.tgid || a.depth != b.depth || a.truncated != b.truncated {
         return false;
     }
     let depth = depth_of(a);

@@ -11,7 +11,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_task_pt_regs,
     },
     programs::TracePointContext,
 };
@@ -24,6 +24,7 @@ use crate::{
 };
 
 const MAP_ANONYMOUS: u64 = 0x20;
+const PROT_EXEC: u64 = 0x4;
 const PAGE_SIZE: u64 = 4096;
 /// How many adjacent tracked mappings one munmap may cover before we stop following it.
 const MAX_MAPPINGS_PER_UNMAP: usize = 8;
@@ -68,13 +69,12 @@ pub fn enter(ctx: &TracePointContext) {
     }
     // The thread's user registers, as the syscall found them.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
-    let sp = reg(regs, REG_SP);
     let call = PendingSyscall {
         ip: reg(regs, REG_IP),
+        sp: reg(regs, REG_SP),
         fp: reg(regs, REG_BP),
         id,
         args: [reg(regs, REG_RDI), reg(regs, REG_RSI), reg(regs, REG_RDX), reg(regs, REG_R10)],
-        return_address: unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0),
     };
     if PENDING_SYSCALLS.insert(thread, call, BPF_ANY as u64).is_err() {
         lose(Loss::PendingSyscallTableFull);
@@ -98,6 +98,7 @@ pub fn exit(ctx: &TracePointContext) {
             let site = owner(thread, tgid, &call);
             track(process, tgid, ret, page_align(call.args[1]), site, unsafe { bpf_ktime_get_ns() });
         }
+        syscall::MMAP if call.args[2] & PROT_EXEC != 0 => add(&mut process.code_maps, 1),
         syscall::MUNMAP => unmap(process, tgid, call.args[0], page_align(call.args[1])),
         syscall::MREMAP => remap(process, tgid, &call, ret),
         // brk returns the new break, or the unchanged one when it cannot move it.
@@ -112,8 +113,8 @@ fn owner(thread: u64, tgid: u32, call: &PendingSyscall) -> u64 {
     if crate::alloc::in_allocator_call(thread) {
         return ALLOCATOR_SITE;
     }
-    let regs = stack::UserRegs { ip: call.ip, fp: call.fp };
-    stack::current_site(regs, tgid, Some(call.return_address)).unwrap_or(ALLOCATOR_SITE)
+    let regs = stack::UserRegs { ip: call.ip, sp: call.sp, rbp: call.fp };
+    stack::current_site(regs, tgid).unwrap_or(ALLOCATOR_SITE)
 }
 
 #[inline(always)]

@@ -16,4 +16,5 @@ pub mod snapshot;
 pub mod symbolize;
 pub mod tracefs;
 pub mod tracer;
+pub mod unwind;
 pub mod wire;

@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use memmon_common::{Loss, ProcessMemory, SiteStats};
+use memmon_common::{Loss, ProcessMemory, SiteStats, Truncation};
 
 use crate::process::HeapExtent;
 
@@ -13,6 +13,8 @@ pub struct SiteSample {
     pub pid: u32,
     /// Return addresses, innermost first; empty for the "unknown stack" site.
     pub frames: Arc<Vec<u64>>,
+    /// Why the stack ends where it does (`Complete` when it reaches the bottom).
+    pub truncated: Truncation,
     pub stats: SiteStats,
 }
 
@@ -128,6 +130,7 @@ mod tests {
             id,
             pid: 1,
             frames: Arc::new(vec![id]),
+            truncated: memmon_common::Truncation::Complete,
             stats: SiteStats { alloc_bytes: alloc, alloc_count: 2, free_bytes: freed, free_count: 1, live_birth_sum: 0 },
         }
     }
@@ -177,6 +180,7 @@ mod age_tests {
             id: 1,
             pid: 1,
             frames: Arc::new(vec![]),
+            truncated: memmon_common::Truncation::Complete,
             stats: SiteStats { alloc_bytes: 30, alloc_count: 3, free_bytes: 10, free_count: 1, live_birth_sum: 30 },
         };
         let age = site.live_mean_age_seconds(40 * unit).unwrap();

@@ -15,7 +15,7 @@ use aya::{
 };
 use memmon_common::{
     DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, LiveAlloc, LiveKey, Loss, ProcessMemory,
-    SiteStats, StackTrace,
+    SiteStats, StackTrace, Truncation, unwind::DEFAULT_TABLE_MAX_MB,
 };
 
 use crate::{
@@ -24,6 +24,7 @@ use crate::{
     process::HeapExtent,
     profiles::session::LiveBlock,
     snapshot::{ProcessSample, SiteSample, Snapshot},
+    unwind::{UnwindStats, UnwindTables},
 };
 
 /// The compiled kernel programs, built by build.rs.
@@ -60,11 +61,18 @@ pub struct TracerOptions {
     /// Move entry-only probes (free, delete) past instructions the kernel would single-step,
     /// where provably equivalent (see `probe_site`).
     pub optimize_probe_sites: bool,
+    /// Kernel memory for unwind rows (`MEMMON_UNWIND_TABLE_MAX_MB`).
+    pub unwind_table_max_mb: u32,
 }
 
 impl Default for TracerOptions {
     fn default() -> Self {
-        Self { capacity: Capacity::default(), programs: Programs::Tracking, optimize_probe_sites: true }
+        Self {
+            capacity: Capacity::default(),
+            programs: Programs::Tracking,
+            optimize_probe_sites: true,
+            unwind_table_max_mb: DEFAULT_TABLE_MAX_MB,
+        }
     }
 }
 
@@ -82,8 +90,11 @@ pub struct Tracer {
     ebpf: Ebpf,
     targets: Vec<Target>,
     /// Stacks never change meaning once interned, so each is read from the kernel once.
-    stacks: HashMap<u64, (u32, Arc<Vec<u64>>)>,
+    stacks: HashMap<u64, (u32, Arc<Vec<u64>>, Truncation)>,
     options: TracerOptions,
+    unwind: UnwindTables,
+    /// Per target, the kernel's count of its code mappings when its tables were last synced.
+    code_maps_seen: HashMap<u32, u64>,
 }
 
 impl Tracer {
@@ -98,7 +109,10 @@ impl Tracer {
             found.push((process, allocator));
         }
         raise_memlock_limit();
+        let (unwind_rows, unwind_pages) = crate::unwind::capacities(options.unwind_table_max_mb);
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries("UNWIND_ROWS", unwind_rows)
+            .map_max_entries("UNWIND_PAGES", unwind_pages)
             .map_max_entries("LIVE", capacity.max_live_allocations)
             .map_max_entries("SITES", capacity.max_sites)
             .map_max_entries("STACKS", capacity.max_sites)
@@ -120,11 +134,16 @@ impl Tracer {
                 program.load().with_context(|| format!("verifier rejected {name}"))?;
             }
         }
+        let mut unwind = UnwindTables::new(&mut ebpf, options.unwind_table_max_mb)?;
         let mut targets = Vec::new();
         for (process, allocator) in found {
             let mut table: BpfHashMap<_, u32, ProcessMemory> =
                 BpfHashMap::try_from(ebpf.map_mut("TARGETS").context("TARGETS map")?)?;
             table.insert(process.pid, ProcessMemory::default(), 0)?;
+            unwind
+                .sync_process(process.pid)
+                .map_err(|err| gone_hint(&process, err))
+                .with_context(|| format!("building unwind tables for pid {}", process.pid))?;
             let heap_at_attach = process.heap_extent();
             attach_allocator(&mut ebpf, &process, &allocator, options.programs)?;
             targets.push(Target { process, allocator, heap_at_attach });
@@ -134,7 +153,38 @@ impl Tracer {
         }
         let mut armed: Array<_, u32> = Array::try_from(ebpf.map_mut("ARMED").context("ARMED map")?)?;
         armed.set(0, 1, 0)?;
-        Ok(Self { ebpf, targets, stacks: HashMap::new(), options })
+        let code_maps_seen = targets.iter().map(|t: &Target| (t.process.pid, 0)).collect();
+        Ok(Self { ebpf, targets, stacks: HashMap::new(), options, unwind, code_maps_seen })
+    }
+
+    /// Rebuilds the unwind view of every target that mapped new code (dlopen) since the last
+    /// look; the kernel counts executable mmaps per process, so this is one map read when
+    /// nothing changed.
+    pub fn refresh_code_mappings(&mut self) -> Result<()> {
+        let processes: BpfHashMap<_, u32, ProcessMemory> =
+            BpfHashMap::try_from(self.ebpf.map("TARGETS").context("TARGETS map")?)?;
+        let mut changed = Vec::new();
+        for target in &self.targets {
+            let pid = target.process.pid;
+            let count = processes.get(&pid, 0).map_or(0, |memory| memory.code_maps);
+            if self.code_maps_seen.get(&pid) != Some(&count) {
+                changed.push((pid, count));
+            }
+        }
+        for (pid, count) in changed {
+            match self.unwind.sync_process(pid) {
+                Ok(()) => {
+                    self.code_maps_seen.insert(pid, count);
+                }
+                Err(err) => log::debug!("pid {pid}: code mappings not refreshed: {err:#}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The unwind tables' figures, for `status` and `/metrics`.
+    pub fn unwind_stats(&self) -> UnwindStats {
+        self.unwind.stats()
     }
 
     pub fn targets(&self) -> &[Target] {
@@ -147,6 +197,7 @@ impl Tracer {
 
     /// Reads every site's counters, the per-process memory and the loss counters.
     pub fn snapshot(&mut self) -> Result<Snapshot> {
+        self.refresh_code_mappings()?;
         let sites = self.site_samples("SITES")?;
         let mapping_sites = self.site_samples("MAPPING_SITES")?;
         let processes: BpfHashMap<_, u32, ProcessMemory> =
@@ -222,22 +273,25 @@ impl Tracer {
         let mut samples = Vec::new();
         for entry in sites.iter() {
             let (id, stats) = entry?;
-            let (pid, frames) = match self.stacks.get(&id) {
+            let (pid, frames, truncated) = match self.stacks.get(&id) {
                 Some(known) => known.clone(),
                 None => {
                     let known = match stacks.get(&id, 0) {
                         Ok(stack) => {
                             let depth = (stack.depth as usize).min(stack.ips.len());
-                            (stack.tgid, Arc::new(stack.ips[..depth].to_vec()))
+                            (stack.tgid, Arc::new(stack.ips[..depth].to_vec()), Truncation::from_raw(stack.truncated))
                         }
                         // Not stored (table full): shown as an unknown stack, never dropped.
-                        Err(_) => (self.targets.first().map_or(0, |t| t.process.pid), Arc::new(Vec::new())),
+                        Err(_) => {
+                            let pid = self.targets.first().map_or(0, |t| t.process.pid);
+                            (pid, Arc::new(Vec::new()), Truncation::NotStored)
+                        }
                     };
                     self.stacks.insert(id, known.clone());
                     known
                 }
             };
-            samples.push(SiteSample { id, pid, frames, stats });
+            samples.push(SiteSample { id, pid, frames, truncated, stats });
         }
         Ok(samples)
     }

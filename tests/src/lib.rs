@@ -41,7 +41,8 @@ pub fn memmon_binary() -> PathBuf {
 }
 
 /// Compiles `targets/<name>.c` (or `.cpp`, or `.rs`) once per test process, with frame
-/// pointers and debug info, and returns the executable. `<name>-static` links statically.
+/// pointers and debug info, and returns the executable. `<name>-static` links statically;
+/// `<name>-nofp` builds without frame pointers, as distributions build (only CFI unwinds it).
 pub fn build_target(name: &str) -> PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap();
@@ -51,9 +52,13 @@ pub fn build_target(name: &str) -> PathBuf {
         return binary;
     }
     std::fs::create_dir_all(&out_dir).unwrap();
-    let (source_name, static_link) = match name.strip_suffix("-static") {
+    let (name_without_fp, frame_pointers) = match name.strip_suffix("-nofp") {
+        Some(base) => (base, false),
+        None => (name, true),
+    };
+    let (source_name, static_link) = match name_without_fp.strip_suffix("-static") {
         Some(base) => (base, true),
-        None => (name, name == "no_allocator"),
+        None => (name_without_fp, name_without_fp == "no_allocator"),
     };
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets");
     let source = ["c", "cpp", "rs"]
@@ -64,12 +69,14 @@ pub fn build_target(name: &str) -> PathBuf {
     let mut command = match source.extension().and_then(|e| e.to_str()) {
         Some("rs") => {
             let mut rustc = Command::new("rustc");
-            rustc.args(["--edition", "2021", "-O", "-g", "-C", "force-frame-pointers=yes", "-o"]);
+            let frame_pointers = if frame_pointers { "force-frame-pointers=yes" } else { "force-frame-pointers=no" };
+            rustc.args(["--edition", "2021", "-O", "-g", "-C", frame_pointers, "-o"]);
             rustc
         }
         Some(ext) => {
             let mut cc = Command::new(if ext == "cpp" { "g++" } else { "gcc" });
-            cc.args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"]);
+            let frame_pointers = if frame_pointers { "-fno-omit-frame-pointer" } else { "-fomit-frame-pointer" };
+            cc.args(["-O2", "-g", frame_pointers, "-pthread", "-o"]);
             cc
         }
         None => unreachable!(),
@@ -107,10 +114,21 @@ impl Target {
         target
     }
 
+    /// Like `start`, with address-space randomization off (`setarch -R`, as gdb runs
+    /// programs): its code sits at the addresses a `gdb` run of the same binary shows.
+    pub fn start_without_aslr(name: &str) -> Self {
+        let binary = build_target(name);
+        let mut target = Self::spawn_command(Command::new("setarch").args(["-R"]).arg(binary));
+        target.expect_line("ready");
+        target
+    }
+
     fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(build_target(name))
-            .args(args)
-            .envs(env.iter().copied())
+        Self::spawn_command(Command::new(build_target(name)).args(args).envs(env.iter().copied()))
+    }
+
+    fn spawn_command(command: &mut Command) -> Self {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -322,4 +340,44 @@ pub fn pprof_top(file: &Path, sample_index: &str) -> String {
 /// Whether a `pprof -top` listing has `function`'s row with exactly `value` in its first column.
 pub fn has_top_row(top: &str, value: &str, function: &str) -> bool {
     top.lines().any(|l| l.trim_start().starts_with(&format!("{value} ")) && l.trim_end().ends_with(&format!(" {function}")))
+}
+
+/// gdb's backtrace (past main) at the first call of `stop_at` after `after` is entered, in
+/// `binary` fed `input` on stdin and run with gdb's defaults (no address randomization): the
+/// return addresses of the machine frames from #1 on, innermost first — what memmon's stack at
+/// `stop_at`'s return must be. The frames gdb synthesizes from debug info (inlined calls, and
+/// tail calls reconstructed from call-site records) are left out: they are not on the stack.
+pub fn gdb_backtrace(binary: &Path, input: &str, after: &str, stop_at: &str) -> Vec<u64> {
+    let scratch = std::env::temp_dir().join(format!("memmon-gdb-{}-{after}", std::process::id()));
+    std::fs::write(scratch.with_extension("in"), input).unwrap();
+    std::fs::write(
+        scratch.with_extension("py"),
+        "frame = gdb.newest_frame()\n\
+         while frame is not None and frame.type() != gdb.NORMAL_FRAME:\n    frame = frame.older()\n\
+         frame = frame.older()\n\
+         while frame is not None:\n\
+         \x20   if frame.type() not in (gdb.INLINE_FRAME, gdb.TAILCALL_FRAME):\n\
+         \x20       print('machine frame 0x%x %s' % (frame.pc(), frame.name()))\n\
+         \x20   frame = frame.older()\n",
+    )
+    .unwrap();
+    let output = Command::new("gdb")
+        .args(["-batch", "-nx", "-ex", "set debuginfod enabled off", "-ex", "set pagination off"])
+        .args(["-ex", "set backtrace past-main on", "-ex", "set backtrace past-entry on"])
+        .args(["-ex", &format!("break {after}"), "-ex", &format!("run < {}", scratch.with_extension("in").display())])
+        .args(["-ex", &format!("break {stop_at}"), "-ex", "continue"])
+        .args(["-ex", &format!("source {}", scratch.with_extension("py").display()), "-ex", "kill"])
+        .arg(binary)
+        .output()
+        .expect("gdb (Debian package gdb; cargo xtask setup installs it)");
+    let _ = std::fs::remove_file(scratch.with_extension("in"));
+    let _ = std::fs::remove_file(scratch.with_extension("py"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let frames: Vec<u64> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("machine frame 0x")?.split_whitespace().next())
+        .filter_map(|address| u64::from_str_radix(address, 16).ok())
+        .collect();
+    assert!(frames.len() >= 2, "gdb gave no backtrace:\n{text}\n{}", String::from_utf8_lossy(&output.stderr));
+    frames
 }

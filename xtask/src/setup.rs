@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 /// checks the agent's /metrics), Go (`go tool pprof` reads memmon's profiles), and headless
 /// Chromium, which draws `memmon report flamegraph`'s SVG to check its frames are there, with a
 /// font to lay out the frame labels in (chromium only recommends fonts-liberation, and recommended
-/// packages are not installed here).
+/// packages are not installed here), and gdb, whose backtraces are the oracle of the stack tests.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -26,6 +26,7 @@ const APT_PACKAGES: &[&str] = &[
     "golang-go",
     "chromium",
     "fonts-liberation",
+    "gdb",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";

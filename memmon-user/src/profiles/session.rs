@@ -331,6 +331,7 @@ mod tests {
             id,
             pid: 7,
             frames: Arc::new(vec![0x1000 + id]),
+            truncated: memmon_common::Truncation::Complete,
             stats: SiteStats { alloc_bytes, alloc_count, ..SiteStats::default() },
         }
     }

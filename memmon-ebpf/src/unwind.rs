@@ -1,0 +1,179 @@
+//! The user stack walk: CFI rows compiled by userspace (`memmon-user/src/unwind/`), looked up
+//! frame by frame.
+//!
+//! Each step finds the executable file mapping the frame's address lies in (binary search over
+//! the process' sorted mappings), its object's row for the address (the object's page index
+//! narrows it to the rows of one 4 KiB page, then a binary search), and from the row the
+//! canonical frame address (CFA): the caller's stack pointer. The return address is at CFA - 8
+//! and the caller's rbp, when this frame saved it, at a fixed offset from the CFA.
+//!
+//! The walk checks every frame: an address outside every file-backed executable mapping is
+//! never stored, and the walk ends there with the stack marked truncated, as it does at code
+//! without rows or with a rule it cannot follow. Only a frame whose return address is undefined
+//! (`_start`, `clone3`) or zero ends a stack as complete.
+//!
+//! The verifier sees one frame: the loop over frames is `bpf_loop`, whose callback is verified
+//! once however many frames it walks; the two binary searches inside are bounded loops of
+//! `MAPPING_SEARCH_STEPS` and `ROW_SEARCH_STEPS`.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_loop};
+use memmon_common::{
+    MAX_STACK_DEPTH, StackTrace, Truncation,
+    unwind::{
+        ExecMapping, MAPPING_SEARCH_STEPS, MappingRange, PAGE_SHIFT, RBP_LOST, RBP_UNCHANGED, ROW_SEARCH_STEPS, Row,
+        kind,
+    },
+};
+
+use crate::maps::{EXEC_MAPPINGS, TARGET_MAPPINGS, UNWIND_OBJECTS, UNWIND_PAGES, UNWIND_ROWS};
+
+/// The user registers a walk starts from.
+#[derive(Clone, Copy)]
+pub struct UserRegs {
+    /// The first frame's address: a return address (at an allocator's return) or the
+    /// instruction after a syscall.
+    pub ip: u64,
+    pub sp: u64,
+    pub rbp: u64,
+}
+
+struct Walk {
+    stack: *mut StackTrace,
+    mappings: MappingRange,
+    pc: u64,
+    sp: u64,
+    rbp: u64,
+    rbp_known: bool,
+    truncated: Truncation,
+}
+
+/// Walks the stack of process `tgid` from `regs` into `stack` (`ips`, `depth`, `truncated`).
+#[inline(always)]
+pub fn walk(stack: &mut StackTrace, regs: UserRegs, tgid: u32) {
+    stack.depth = 0;
+    let Some(&mappings) = (unsafe { TARGET_MAPPINGS.get(tgid) }) else {
+        stack.truncated = Truncation::NoProcessMap as u32;
+        return;
+    };
+    let mut walk = Walk {
+        stack,
+        mappings,
+        pc: regs.ip,
+        sp: regs.sp,
+        rbp: regs.rbp,
+        rbp_known: true,
+        truncated: Truncation::DepthLimit,
+    };
+    // SAFETY: `step` has the callback signature bpf_loop expects; `walk` outlives the call.
+    unsafe {
+        bpf_loop(MAX_STACK_DEPTH as u32, step as *mut c_void, &mut walk as *mut Walk as *mut c_void, 0);
+    }
+    stack.truncated = walk.truncated as u32;
+}
+
+/// One frame. Returns 0 to go on to the caller, 1 to stop.
+extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the `Walk` that `walk` gave it.
+    let walk = unsafe { &mut *(context as *mut Walk) };
+    match step_frame(walk) {
+        Ok(()) => 0,
+        Err(reason) => {
+            walk.truncated = reason;
+            1
+        }
+    }
+}
+
+#[inline(always)]
+fn step_frame(walk: &mut Walk) -> Result<(), Truncation> {
+    let stack = unsafe { &mut *walk.stack };
+    let depth = stack.depth as usize;
+    let mapping = find_mapping(walk.mappings, walk.pc).ok_or(Truncation::OutsideObjects)?;
+    let Some(slot) = stack.ips.get_mut(depth) else { return Err(Truncation::DepthLimit) };
+    *slot = walk.pc;
+    stack.depth += 1;
+    // A return address points after its call, which may be the last instruction of the
+    // function: the row in effect is the call's.
+    let row = find_row(&mapping, walk.pc - 1).ok_or(Truncation::NoUnwindInfo)?;
+    let cfa = match row.kind {
+        kind::CFA_RSP => walk.sp.wrapping_add(row.cfa_offset as i64 as u64),
+        kind::CFA_RBP if walk.rbp_known => walk.rbp.wrapping_add(row.cfa_offset as i64 as u64),
+        kind::PLT => walk.sp + if walk.pc & 15 >= row.cfa_offset as u64 { 16 } else { 8 },
+        kind::END => return Err(Truncation::Complete),
+        kind::NONE => return Err(Truncation::NoUnwindInfo),
+        _ => return Err(Truncation::UnsupportedRule),
+    };
+    if cfa <= walk.sp {
+        return Err(Truncation::StackNotAdvancing);
+    }
+    let return_address = read_user(cfa - 8)?;
+    match row.rbp {
+        RBP_UNCHANGED => {}
+        RBP_LOST => walk.rbp_known = false,
+        offset => {
+            walk.rbp = read_user(cfa.wrapping_add((offset as i64 * 8) as u64))?;
+            walk.rbp_known = true;
+        }
+    }
+    if return_address == 0 {
+        return Err(Truncation::Complete);
+    }
+    walk.sp = cfa;
+    walk.pc = return_address;
+    Ok(())
+}
+
+#[inline(always)]
+fn read_user(address: u64) -> Result<u64, Truncation> {
+    unsafe { bpf_probe_read_user(address as *const u64) }.map_err(|_| Truncation::StackReadFailed)
+}
+
+/// The mapping holding `pc`: the last one starting at or below it, if it ends above it.
+#[inline(always)]
+fn find_mapping(mappings: MappingRange, pc: u64) -> Option<ExecMapping> {
+    if mappings.count == 0 {
+        return None;
+    }
+    let (mut low, mut high) = (mappings.first, mappings.first + mappings.count - 1);
+    for _ in 0..MAPPING_SEARCH_STEPS {
+        if low >= high {
+            break;
+        }
+        let middle = low + (high - low).div_ceil(2);
+        if EXEC_MAPPINGS.get(middle)?.start <= pc {
+            low = middle;
+        } else {
+            high = middle - 1;
+        }
+    }
+    let mapping = *EXEC_MAPPINGS.get(low)?;
+    (mapping.start <= pc && pc < mapping.end).then_some(mapping)
+}
+
+/// The row in effect at `pc` in the mapping's object.
+#[inline(always)]
+fn find_row(mapping: &ExecMapping, pc: u64) -> Option<Row> {
+    let object = UNWIND_OBJECTS.get(mapping.object)?;
+    let address = pc.wrapping_sub(mapping.bias).wrapping_sub(object.base);
+    let page = address >> PAGE_SHIFT;
+    if page >= object.page_count as u64 {
+        return None;
+    }
+    let rows = UNWIND_PAGES.get(object.pages_start + page as u32)?;
+    let (mut low, mut high) = (rows.first, rows.last);
+    for _ in 0..ROW_SEARCH_STEPS {
+        if low >= high {
+            break;
+        }
+        let middle = low + (high - low).div_ceil(2);
+        if UNWIND_ROWS.get(object.rows_start + middle)?.pc as u64 <= address {
+            low = middle;
+        } else {
+            high = middle - 1;
+        }
+    }
+    let row = *UNWIND_ROWS.get(object.rows_start + low)?;
+    (row.pc as u64 <= address).then_some(row)
+}
