@@ -56,11 +56,17 @@ fn parse(pid: u32, maps: &str) -> Vec<CodeMapping> {
     mappings
 }
 
-/// The ELF's loadable segments as (file offset, file size, virtual address).
+/// The ELF's executable loadable segments as (file offset, file size, virtual address): where
+/// an executable mapping's bytes come from.
 pub fn load_segments(elf: &[u8]) -> Result<Vec<(u64, u64, u64)>> {
+    const PF_X: u32 = 1;
     let file = object::File::parse(elf).context("not an ELF object")?;
     Ok(file
         .segments()
+        .filter(|segment| match segment.flags() {
+            object::SegmentFlags::Elf { p_flags } => p_flags & PF_X != 0,
+            _ => true,
+        })
         .map(|segment| {
             let (offset, size) = segment.file_range();
             (offset, size, segment.address())
@@ -68,13 +74,15 @@ pub fn load_segments(elf: &[u8]) -> Result<Vec<(u64, u64, u64)>> {
         .collect())
 }
 
-/// `runtime address - bias = ELF virtual address` for a mapping of `offset` in a file with
-/// these segments; `None` if no segment holds the offset.
+/// `runtime address - bias = ELF virtual address` for an executable mapping of `offset` in a
+/// file with these (executable) segments; `None` if no segment holds the offset.
 pub fn bias(mapping_start: u64, mapping_offset: u64, segments: &[(u64, u64, u64)]) -> Option<u64> {
-    // Segments need not start on a page; their mappings do.
-    let &(segment_offset, _, segment_address) = segments.iter().find(|&&(offset, size, _)| {
-        offset & !0xfff <= mapping_offset && mapping_offset < offset + size.max(1)
-    })?;
+    // Segments need not start on a page; their mappings do. Where a page holds the end of one
+    // segment and the start of the next, the mapping is the later one's.
+    let &(segment_offset, _, segment_address) = segments
+        .iter()
+        .filter(|&&(offset, size, _)| offset & !0xfff <= mapping_offset && mapping_offset < offset + size.max(1))
+        .max_by_key(|&&(offset, _, _)| offset)?;
     Some(mapping_start.wrapping_sub(mapping_offset).wrapping_add(segment_offset).wrapping_sub(segment_address))
 }
 
@@ -127,5 +135,9 @@ mod tests {
         let segments = [(0, 0x1000, 0x400000), (0x1000, 0x2000, 0x401000)];
         assert_eq!(bias(0x401000, 0x1000, &segments), Some(0));
         assert_eq!(bias(0x401000, 0x9000, &segments), None);
+        // Text that does not start on a page, one page further in memory than in the file (as
+        // rustc's linker lays out): the mapping of page 0x13000 holds text from 0x13ca0.
+        let segments = [(0, 0x13b8c, 0), (0x13ca0, 0x30000, 0x14ca0)];
+        assert_eq!(bias(0x5555_5556_8000, 0x13000, &segments), Some(0x5555_5555_4000));
     }
 }
