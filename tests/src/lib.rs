@@ -123,6 +123,14 @@ impl Target {
         target
     }
 
+    /// Starts an installed program that speaks the ready/done protocol (a script run by an
+    /// interpreter, say) and waits until it says "ready".
+    pub fn start_program(program: &str, args: &[&str]) -> Self {
+        let mut target = Self::spawn_command(Command::new(program).args(args));
+        target.expect_line("ready");
+        target
+    }
+
     fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::spawn_command(Command::new(build_target(name)).args(args).envs(env.iter().copied()))
     }
