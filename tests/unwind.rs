@@ -128,3 +128,70 @@ fn unwalkable_stacks_are_truncated_never_garbage() {
     }
     assert_no_garbage_frames(&snapshot, &mut symbolizer);
 }
+
+/// Builds a copy of `unwind-nofp` stripped of every symbol, its debug information in a
+/// separate file: (stripped binary, debug file as /usr/lib/debug/.build-id/xx/rest.debug
+/// would hold it, build id).
+fn stripped_copy() -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let binary = build_target("unwind-nofp");
+    let dir = binary.parent().unwrap().join("stripped");
+    std::fs::create_dir_all(&dir).unwrap();
+    let stripped = dir.join("unwind-stripped");
+    let debug = dir.join("unwind-stripped.debug");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let status = std::process::Command::new("objcopy").args(args).status().expect("objcopy (binutils)");
+        assert!(status.success(), "objcopy {args:?}");
+    };
+    run(&["--only-keep-debug".as_ref(), binary.as_os_str(), debug.as_os_str()]);
+    run(&["--strip-all".as_ref(), binary.as_os_str(), stripped.as_os_str()]);
+    let link = format!("--add-gnu-debuglink={}", debug.display());
+    run(&[link.as_ref(), stripped.as_os_str()]);
+    let notes = std::process::Command::new("readelf").args(["-n"]).arg(&stripped).output().unwrap();
+    let notes = String::from_utf8_lossy(&notes.stdout);
+    let build_id = notes.lines().find_map(|l| l.trim().strip_prefix("Build ID: ")).expect("a build id").to_string();
+    (stripped, debug, build_id)
+}
+
+/// Removes a file when dropped (a debug file installed for one test).
+struct Installed(std::path::PathBuf);
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn stripped_binaries_get_names_from_build_id_debug_files_and_module_offsets_without() {
+    require_root();
+    let (stripped, debug, build_id) = stripped_copy();
+    let mut target = Target::start_program(stripped.to_str().unwrap(), &[]);
+    let mut tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).unwrap();
+    target.run("strdup");
+    let snapshot = tracer.snapshot().unwrap();
+    let leak = |symbolizer: &mut Symbolizer| {
+        let site = snapshot.sites.iter().find(|s| s.live_count() == 10 && s.live_bytes() == 330).expect("the strdup site");
+        assert_eq!(site.truncated, Truncation::Complete);
+        symbolizer.frames(site.pid, &site.frames)
+    };
+    // No debug file where a debugger looks: the executable's own frames are module+ELF address.
+    let hidden = debug.with_extension("hidden");
+    std::fs::rename(&debug, &hidden).unwrap();
+    let frames = leak(&mut Symbolizer::new());
+    let own: Vec<&str> = frames.iter().filter(|f| f.module == "unwind-stripped").map(|f| f.function.as_str()).collect();
+    assert!(own.len() >= 3, "{frames:?}");
+    for name in &own {
+        let address = name.strip_prefix("unwind-stripped+0x").unwrap_or_else(|| panic!("{name} in {frames:?}"));
+        u64::from_str_radix(address, 16).unwrap();
+    }
+    // The debug file where debuggers look for it by build id: names, files and lines.
+    let (head, rest) = build_id.split_at(2);
+    let by_build_id = std::path::PathBuf::from(format!("/usr/lib/debug/.build-id/{head}/{rest}.debug"));
+    std::fs::create_dir_all(by_build_id.parent().unwrap()).unwrap();
+    std::fs::rename(&hidden, &by_build_id).unwrap();
+    let _installed = Installed(by_build_id);
+    let frames = leak(&mut Symbolizer::new());
+    let names: Vec<&str> = frames.iter().map(|f| f.function.as_str()).collect();
+    assert_eq!(&names[1..4], ["copy_name", "leak_via_strdup", "main"], "{frames:?}");
+    assert!(frames[1].file.as_deref().is_some_and(|f| f.ends_with("unwind.c")), "{frames:?}");
+}

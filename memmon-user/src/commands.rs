@@ -213,7 +213,7 @@ fn leaks_text(leaks: &Leaks, verbose: bool) -> String {
 }
 
 fn stack_text(out: &mut String, site: &Site) {
-    for (depth, frame) in site.frames.iter().enumerate() {
+    for (depth, frame) in site.display_frames().iter().enumerate() {
         let _ = writeln!(out, "         #{depth:<2} {}  ({})  {}", frame.function, frame.location(), frame.module);
     }
 }
@@ -239,7 +239,7 @@ fn summary_text(summary: &MemorySummary) -> String {
                 live_count: site.live_allocations,
                 alloc_bytes: site.allocated_bytes,
                 alloc_count: site.allocations,
-                frames: site.site.frames.clone(),
+                frames: site.site.display_frames(),
             })
             .collect();
         site_table(&mut out, &views);

@@ -13,6 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use memmon_common::Truncation;
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer as Blazesym,
     source::{Elf, Source},
@@ -40,8 +41,20 @@ impl Frame {
         }
     }
 
-    fn unknown(address: u64, module: String) -> Self {
-        Self { function: format!("{address:#x}"), module, file: None, line: None, address }
+    /// A frame in `module` with no symbol: named by the ELF virtual address of its return
+    /// address (what `objdump -d`, `addr2line -e` and gdb's `info symbol` take), never by the
+    /// process' absolute address.
+    fn unnamed(address: u64, module: String, elf_address: Option<u64>) -> Self {
+        let function = match elf_address {
+            Some(elf_address) => format!("{module}+{elf_address:#x}"),
+            None => format!("{module}+?"),
+        };
+        Self { function, module, file: None, line: None, address }
+    }
+
+    /// A frame whose address no mapping we saw holds (the process and its map are gone).
+    fn unmapped(address: u64) -> Self {
+        Self { function: "[unmapped code]".into(), module: String::new(), file: None, line: None, address }
     }
 }
 
@@ -57,11 +70,25 @@ struct Mapping {
     module: String,
 }
 
+/// The pseudo-frame that ends a truncated stack in the views that show frames (text, pprof,
+/// flame graphs): where the walk stopped and why. Never an address.
+pub fn truncation_frame(truncated: Truncation) -> Option<Frame> {
+    (truncated != Truncation::Complete).then(|| Frame {
+        function: format!("[truncated: {}]", truncated.name()),
+        module: String::new(),
+        file: None,
+        line: None,
+        address: 0,
+    })
+}
+
 pub struct Symbolizer {
     blazesym: Blazesym,
     maps: HashMap<u32, Vec<Mapping>>,
     cache: HashMap<(u32, u64), Frame>,
     build_ids: HashMap<PathBuf, Option<String>>,
+    /// Executable segments per object, to name unsymbolized frames by ELF address.
+    segments: HashMap<PathBuf, Vec<(u64, u64, u64)>>,
     pub hits: u64,
     pub misses: u64,
 }
@@ -74,7 +101,7 @@ impl Default for Symbolizer {
 
 impl Symbolizer {
     pub fn new() -> Self {
-        Self { blazesym: Blazesym::new(), maps: HashMap::new(), cache: HashMap::new(), build_ids: HashMap::new(), hits: 0, misses: 0 }
+        Self { blazesym: Blazesym::new(), maps: HashMap::new(), cache: HashMap::new(), build_ids: HashMap::new(), segments: HashMap::new(), hits: 0, misses: 0 }
     }
 
     /// Reads the process' current memory map; kept if the process has already exited.
@@ -101,6 +128,19 @@ impl Symbolizer {
             self.resolve(pid, &missing);
         }
         addresses.iter().map(|a| self.cache[&(pid, *a)].clone()).collect()
+    }
+
+    /// A site's frames for display: symbolized, with the truncation frame last when its walk
+    /// stopped early.
+    pub fn stack(&mut self, pid: u32, addresses: &[u64], truncated: Truncation) -> Vec<Frame> {
+        let mut frames = self.frames(pid, addresses);
+        frames.extend(truncation_frame(truncated));
+        frames
+    }
+
+    /// A site as the JSON contract shows it.
+    pub fn site(&mut self, pid: u32, addresses: &[u64], truncated: Truncation) -> crate::wire::Site {
+        crate::wire::Site::new(self.frames(pid, addresses), truncated)
     }
 
     fn mapping(&self, pid: u32, address: u64) -> Option<&Mapping> {
@@ -132,7 +172,7 @@ impl Symbolizer {
                     .or_default()
                     .push((address, address - 1 - m.start + m.offset)),
                 None => {
-                    self.cache.insert((pid, address), Frame::unknown(address, String::new()));
+                    self.cache.insert((pid, address), Frame::unmapped(address));
                 }
             }
         }
@@ -140,20 +180,43 @@ impl Symbolizer {
             let offsets: Vec<u64> = entries.iter().map(|&(_, offset)| offset).collect();
             let source = Source::Elf(Elf::new(&object));
             let resolved = self.blazesym.symbolize(&source, Input::FileOffset(&offsets)).unwrap_or_default();
-            for (i, &(address, _)) in entries.iter().enumerate() {
-                let frame = match resolved.get(i) {
+            let frames: Vec<Option<Frame>> = entries
+                .iter()
+                .enumerate()
+                .map(|(i, &(address, _))| match resolved.get(i) {
                     Some(Symbolized::Sym(sym)) => {
                         let (file, line) = match &sym.code_info {
                             Some(info) => (Some(info.to_path().display().to_string()), info.line),
                             None => (None, None),
                         };
-                        Frame { function: sym.name.to_string(), module: module.clone(), file, line, address }
+                        Some(Frame { function: sym.name.to_string(), module: module.clone(), file, line, address })
                     }
-                    _ => Frame::unknown(address, module.clone()),
-                };
+                    _ => None,
+                })
+                .collect();
+            for (frame, &(address, offset)) in frames.into_iter().zip(&entries) {
+                let frame = frame.unwrap_or_else(|| {
+                    // Named by the return address itself (the offset looked up is one byte before).
+                    Frame::unnamed(address, module.clone(), self.elf_address(&object, offset + 1))
+                });
                 self.cache.insert((pid, address), frame);
             }
         }
+    }
+}
+
+impl Symbolizer {
+    /// The ELF virtual address of a file offset in an object's executable segments.
+    fn elf_address(&mut self, object: &Path, file_offset: u64) -> Option<u64> {
+        let segments = self.segments.entry(object.to_path_buf()).or_insert_with(|| {
+            let file = fs::File::open(object).ok();
+            // SAFETY: a read-only mapping of an object file, read once for its program headers.
+            let data = file.and_then(|file| unsafe { memmap2::Mmap::map(&file) }.ok());
+            data.and_then(|data| crate::unwind::maps::load_segments(&data).ok()).unwrap_or_default()
+        });
+        let &(offset, _, address) =
+            segments.iter().find(|&&(offset, size, _)| offset <= file_offset && file_offset < offset + size)?;
+        Some(file_offset - offset + address)
     }
 }
 

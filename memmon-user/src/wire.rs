@@ -5,15 +5,38 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use memmon_common::Truncation;
+
 use crate::symbolize::Frame;
 
 /// A call stack, innermost frame first.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Site {
     pub frames: Vec<Frame>,
+    /// Whether the stack walk stopped before the bottom of the stack: the frames are right,
+    /// their callers unknown.
+    #[serde(default)]
+    pub truncated: bool,
+    /// Why it stopped (`outside_objects`, `no_unwind_info`, …), when truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncation: Option<String>,
 }
 
 impl Site {
+    pub fn new(frames: Vec<Frame>, truncated: Truncation) -> Self {
+        let is_truncated = truncated != Truncation::Complete;
+        Self { frames, truncated: is_truncated, truncation: is_truncated.then(|| truncated.name().to_string()) }
+    }
+
+    /// The frames with the truncation frame last, for views that show a stack.
+    pub fn display_frames(&self) -> Vec<Frame> {
+        let mut frames = self.frames.clone();
+        if let Some(reason) = self.truncation.as_deref().filter(|_| self.truncated) {
+            frames.push(Frame { function: format!("[truncated: {reason}]"), ..Frame::default() });
+        }
+        frames
+    }
+
     /// The allocating function (innermost frame), for one-line displays.
     pub fn function(&self) -> &str {
         self.frames.first().map_or("[unknown stack]", |f| f.function.as_str())

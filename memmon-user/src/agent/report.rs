@@ -21,7 +21,7 @@ fn site_views(sites: &[&SiteSample], symbolizer: &mut Symbolizer) -> Vec<SiteVie
             live_count: site.live_count(),
             alloc_bytes: site.stats.alloc_bytes,
             alloc_count: site.stats.alloc_count,
-            frames: symbolizer.frames(site.pid, &site.frames),
+            frames: symbolizer.stack(site.pid, &site.frames, site.truncated),
         })
         .collect()
 }

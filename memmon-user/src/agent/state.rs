@@ -19,7 +19,7 @@ use crate::{
     snapshot::{SiteSample, Snapshot},
     symbolize::Symbolizer,
     tracer::Tracer,
-    wire::{self, Bucket, LeakIndicator, Site},
+    wire::{self, Bucket, LeakIndicator},
 };
 
 pub struct Agent {
@@ -162,14 +162,15 @@ impl Agent {
             };
             found.extend(self.detector.check(&input));
         }
-        let frames_of: HashMap<u64, (u32, std::sync::Arc<Vec<u64>>)> =
-            self.snapshot.sites.iter().map(|s| (s.id, (s.pid, s.frames.clone()))).collect();
+        let frames_of: HashMap<u64, (u32, std::sync::Arc<Vec<u64>>, memmon_common::Truncation)> =
+            self.snapshot.sites.iter().map(|s| (s.id, (s.pid, s.frames.clone(), s.truncated))).collect();
         self.indicators = found
             .into_iter()
             .map(|indicator| {
-                let site = indicator.site.and_then(|id| frames_of.get(&id)).map(|(pid, frames)| Site {
-                    frames: self.symbolizer.frames(*pid, frames),
-                });
+                let site = indicator
+                    .site
+                    .and_then(|id| frames_of.get(&id))
+                    .map(|(pid, frames, truncated)| self.symbolizer.site(*pid, frames, *truncated));
                 LeakIndicator {
                     kind: serde_plain(&indicator.kind),
                     severity: serde_plain(&indicator.severity),
@@ -246,7 +247,7 @@ impl Agent {
             .top_live(top)
             .into_iter()
             .map(|s| wire::SiteSummary {
-                site: Site { frames: self.symbolizer.frames(s.pid, &s.frames) },
+                site: self.symbolizer.site(s.pid, &s.frames, s.truncated),
                 pid: s.pid,
                 live_bytes: s.live_bytes(),
                 live_allocations: s.live_count(),

@@ -9,6 +9,8 @@ pub mod store;
 
 use std::{collections::BTreeSet, sync::Arc};
 
+use memmon_common::Truncation;
+
 use crate::{snapshot::Snapshot, symbolize::Symbolizer};
 
 /// One site's numbers for a profile: [alloc_objects, alloc_space, inuse_objects, inuse_space].
@@ -17,6 +19,7 @@ pub struct SiteValues {
     pub pid: u32,
     /// Return addresses, innermost first.
     pub frames: Arc<Vec<u64>>,
+    pub truncated: Truncation,
     pub values: [u64; 4],
 }
 
@@ -29,6 +32,7 @@ pub fn since_attach(snapshot: &Snapshot) -> Vec<SiteValues> {
         .map(|site| SiteValues {
             pid: site.pid,
             frames: site.frames.clone(),
+            truncated: site.truncated,
             values: [site.stats.alloc_count, site.stats.alloc_bytes, site.live_count(), site.live_bytes()],
         })
         .collect()
@@ -68,7 +72,7 @@ pub fn heap_profile(
         .iter()
         .map(|site| {
             let frames = symbolizer
-                .frames(site.pid, &site.frames)
+                .stack(site.pid, &site.frames, site.truncated)
                 .into_iter()
                 .map(|frame| pprof::FrameInfo {
                     mapping: mapping_of(site.pid, frame.address),
@@ -79,7 +83,8 @@ pub fn heap_profile(
                 })
                 .collect();
             let values = site.values.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
-            pprof::SampleInfo { pid: site.pid, frames, values }
+            let truncated = (site.truncated != Truncation::Complete).then(|| site.truncated.name().to_string());
+            pprof::SampleInfo { pid: site.pid, frames, values, truncated }
         })
         .collect();
     let mappings = mappings.into_iter().map(|(_, m)| m).collect();

@@ -152,6 +152,8 @@ pub struct SampleInfo {
     pub frames: Vec<FrameInfo>,
     /// [alloc_objects, alloc_space, inuse_objects, inuse_space].
     pub values: [i64; 4],
+    /// Why the stack walk stopped early (the `truncated` label); its last frame then says so.
+    pub truncated: Option<String>,
 }
 
 /// What a heap profile holds, before encoding.
@@ -194,14 +196,17 @@ pub fn build(profile: &HeapProfile) -> Profile {
         .collect();
     let mut functions: HashMap<(String, String), u64> = HashMap::new();
     let mut function_table = Vec::new();
-    let mut locations: HashMap<u64, u64> = HashMap::new();
+    // By address; the pseudo-frames at address 0 (a truncated stack's end) by name as well.
+    let mut locations: HashMap<(u64, String), u64> = HashMap::new();
     let mut location_table = Vec::new();
     let mut samples = Vec::new();
     let pid_key = strings.id("pid");
+    let truncated_key = strings.id("truncated");
     for sample in &profile.samples {
         let mut ids = Vec::new();
         for frame in &sample.frames {
-            let id = *locations.entry(frame.address).or_insert_with(|| {
+            let key = (frame.address, if frame.address == 0 { frame.function.clone() } else { String::new() });
+            let id = *locations.entry(key).or_insert_with(|| {
                 let file = frame.file.clone().unwrap_or_default();
                 let function_id = *functions.entry((frame.function.clone(), file.clone())).or_insert_with(|| {
                     let id = function_table.len() as u64 + 1;
@@ -220,8 +225,11 @@ pub fn build(profile: &HeapProfile) -> Profile {
             });
             ids.push(id);
         }
-        let pid = Label { key: pid_key, num: i64::from(sample.pid), ..Default::default() };
-        samples.push(Sample { location_id: ids, value: sample.values.to_vec(), label: vec![pid] });
+        let mut label = vec![Label { key: pid_key, num: i64::from(sample.pid), ..Default::default() }];
+        if let Some(reason) = &sample.truncated {
+            label.push(Label { key: truncated_key, str: strings.id(reason), ..Default::default() });
+        }
+        samples.push(Sample { location_id: ids, value: sample.values.to_vec(), label });
     }
     let space = strings.id("space");
     let bytes = strings.id("bytes");
@@ -305,15 +313,42 @@ mod tests {
                     pid: 7,
                     frames: vec![frame(0x1100, "leak", 10), frame(0x1200, "main", 20)],
                     values: [100, 104_950, 100, 104_950],
+                    truncated: None,
                 },
                 SampleInfo {
                     pid: 7,
                     frames: vec![frame(0x1300, "churn", 30), frame(0x1200, "main", 20)],
                     values: [5000, 352_000, 0, 0],
+                    truncated: None,
                 },
             ],
             comments: vec!["memmon-profile: id=x".into()],
         }
+    }
+
+    #[test]
+    fn a_truncated_stack_ends_in_a_named_pseudo_frame_and_is_labelled() {
+        let mut profile = sample_profile();
+        let marker = |reason: &str| FrameInfo {
+            address: 0,
+            function: format!("[truncated: {reason}]"),
+            file: None,
+            line: None,
+            mapping: None,
+        };
+        profile.samples[0].frames = vec![frame(0x1100, "leak", 10), marker("outside_objects")];
+        profile.samples[0].truncated = Some("outside_objects".into());
+        profile.samples[1].frames = vec![frame(0x1300, "churn", 30), marker("no_unwind_info")];
+        profile.samples[1].truncated = Some("no_unwind_info".into());
+        let built = build(&profile);
+        assert_eq!(built.location.len(), 4, "one pseudo-location per reason, though both are at address 0");
+        let label = |sample: &Sample| {
+            let label = sample.label.iter().find(|l| built.string_table[l.key as usize] == "truncated").unwrap();
+            built.string_table[label.str as usize].clone()
+        };
+        assert_eq!(label(&built.sample[0]), "outside_objects");
+        assert_eq!(label(&built.sample[1]), "no_unwind_info");
+        assert!(built.location.iter().filter(|l| l.address == 0).all(|l| l.mapping_id == 0));
     }
 
     #[test]

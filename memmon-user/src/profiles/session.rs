@@ -309,6 +309,7 @@ impl Session {
                 let allocated = site.stats.alloc_bytes.saturating_sub(before.alloc_bytes);
                 let (live_count, live_bytes) = live.get(&site.id).copied().unwrap_or_default();
                 (allocations > 0 || live_count > 0).then(|| SiteValues {
+                    truncated: site.truncated,
                     pid: site.pid,
                     frames: site.frames.clone(),
                     values: [allocations, allocated, live_count, live_bytes],

@@ -43,7 +43,7 @@ pub fn meta() -> ProfileMeta {
 }
 
 pub fn heap_profile() -> HeapProfile {
-    let sample = |frames, values| SampleInfo { pid: 7, frames, values };
+    let sample = |frames, values| SampleInfo { pid: 7, frames, values, truncated: None };
     HeapProfile {
         time_nanos: START_NANOS,
         duration_nanos: 60_000_000_000,
@@ -91,6 +91,7 @@ pub fn two_process_model() -> Model {
         pid: 8,
         frames: vec![app(0x1500, "grow", 50), app(0x1600, "worker", 60), app(0x1300, "main", 30)],
         values: [2, 4096, 2, 4096],
+        truncated: None,
     });
     Model::from_pprof(&pprof::build(&profile)).unwrap()
 }
