@@ -8,7 +8,7 @@ use memmon::{
     tracer::{Tracer, TracerOptions},
 };
 use memmon_common::Truncation;
-use memmon_tests::{Target, build_target, gdb_backtrace, require_root};
+use memmon_tests::{Target, build_shared_library, build_target, gdb_backtrace, require_root};
 
 /// Whether a symbolized name is `function` (C++ names carry their parameters).
 fn is_function(name: &str, function: &str) -> bool {
@@ -194,4 +194,29 @@ fn stripped_binaries_get_names_from_build_id_debug_files_and_module_offsets_with
     let names: Vec<&str> = frames.iter().map(|f| f.function.as_str()).collect();
     assert_eq!(&names[1..4], ["copy_name", "leak_via_strdup", "main"], "{frames:?}");
     assert!(frames[1].file.as_deref().is_some_and(|f| f.ends_with("unwind.c")), "{frames:?}");
+}
+
+#[test]
+fn code_loaded_after_attach_is_walked_once_its_table_is_built() {
+    require_root();
+    let library = build_shared_library("plugin");
+    let mut target = Target::start("dlopen-nofp");
+    let mut tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).unwrap();
+    assert!(!tracer.unwind_stats().detail.iter().any(|o| o.object.ends_with("libplugin.so")));
+    target.run(&format!("load {}", library.display()));
+    // What the agent does every 250 ms: the kernel counted an executable mmap.
+    tracer.refresh_code_mappings().unwrap();
+    target.run("alloc");
+    let snapshot = tracer.snapshot().unwrap();
+    let mut symbolizer = Symbolizer::new();
+    let site = snapshot.sites.iter().find(|s| s.live_bytes() == 4242).expect("the plugin's block");
+    let names = names(&mut symbolizer, site);
+    assert_eq!(
+        names,
+        ["plugin_allocate", "plugin_entry", "call_plugin", "main", "__libc_start_call_main", "__libc_start_main_impl", "_start"]
+    );
+    assert_eq!(site.truncated, Truncation::Complete);
+    let stats = tracer.unwind_stats();
+    let plugin = stats.detail.iter().find(|o| o.object.ends_with("libplugin.so")).expect("the plugin's table");
+    assert!(plugin.rows > 0 && plugin.missing.is_none(), "{plugin:?}");
 }

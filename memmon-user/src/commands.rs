@@ -148,6 +148,7 @@ fn status_text(status: &Status) -> String {
         if status.leak_detection_enabled { "" } else { " (leak detection disabled)" },
         status.listen
     );
+    unwind_text(&mut out, &status.unwind);
     profiling::profiles_text(&mut out, status.profiling_enabled, &status.profiles);
     if lost == 0 {
         out.push_str("  events lost: none\n");
@@ -157,6 +158,28 @@ fn status_text(status: &Status) -> String {
         let _ = writeln!(out, "  events lost (numbers may be low): {}", listed.join(", "));
     }
     out
+}
+
+fn unwind_text(out: &mut String, unwind: &crate::unwind::UnwindStats) {
+    let _ = writeln!(
+        out,
+        "  unwind tables: {} objects, {} rows, {} of {}, built in {:.2} s",
+        unwind.objects,
+        unwind.rows,
+        human_bytes(unwind.bytes),
+        human_bytes(unwind.capacity_bytes),
+        unwind.build_seconds
+    );
+    for object in unwind.detail.iter().filter(|o| o.missing.is_some()) {
+        let _ = writeln!(out, "    no table for {}: {}", object.object, object.missing.as_deref().unwrap_or_default());
+    }
+    if unwind.dropped_mappings > 0 {
+        let _ = writeln!(out, "    {} code mappings over the per-process limit (their frames end stacks)", unwind.dropped_mappings);
+    }
+    if !unwind.truncated_sites.is_empty() {
+        let listed: Vec<String> = unwind.truncated_sites.iter().map(|(reason, n)| format!("{reason}={n}")).collect();
+        let _ = writeln!(out, "    sites with truncated stacks: {}", listed.join(", "));
+    }
 }
 
 fn health_text(health: &Health) -> String {

@@ -64,6 +64,12 @@ pub struct AgentConfig {
     #[arg(long, env = "MEMMON_MAX_SITES", default_value_t = memmon_common::DEFAULT_MAX_SITES,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sites: u32,
+    /// Kernel memory (MiB) for the unwind tables that stacks are walked with (the compiled CFI
+    /// of every object the targets map); an object that does not fit gets truncated stacks,
+    /// and status says which.
+    #[arg(long, env = "MEMMON_UNWIND_TABLE_MAX_MB", default_value_t = memmon_common::unwind::DEFAULT_TABLE_MAX_MB,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub unwind_table_max_mb: u32,
     /// Move free-type probes past instructions the kernel would single-step, when provably
     /// equivalent (false: probe every function at its entry).
     #[arg(long, env = "MEMMON_OPTIMIZE_PROBE_SITES", default_value_t = true, action = clap::ArgAction::Set)]
@@ -114,6 +120,7 @@ impl AgentConfig {
         TracerOptions {
             capacity: Capacity { max_live_allocations: self.max_live_allocations, max_sites: self.max_sites },
             optimize_probe_sites: self.optimize_probe_sites,
+            unwind_table_max_mb: self.unwind_table_max_mb,
             ..TracerOptions::default()
         }
     }

@@ -166,6 +166,13 @@ impl Tracer {
         let mut changed = Vec::new();
         for target in &self.targets {
             let pid = target.process.pid;
+            if !target.process.is_alive() {
+                // Its code mappings go; a new process reusing the pid is not this one.
+                if self.code_maps_seen.remove(&pid).is_some() {
+                    self.unwind.forget_process(pid);
+                }
+                continue;
+            }
             let count = processes.get(&pid, 0).map_or(0, |memory| memory.code_maps);
             if self.code_maps_seen.get(&pid) != Some(&count) {
                 changed.push((pid, count));

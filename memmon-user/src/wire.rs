@@ -77,6 +77,9 @@ pub struct Status {
     pub profiling_enabled: bool,
     /// This agent's profiling sessions, newest first.
     pub profiles: Vec<ProfileInfo>,
+    /// The stack walker's tables: objects, rows, memory, build time, and what is missing.
+    #[serde(default)]
+    pub unwind: crate::unwind::UnwindStats,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

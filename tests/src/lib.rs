@@ -94,6 +94,23 @@ pub fn build_target(name: &str) -> PathBuf {
     binary
 }
 
+/// Compiles `targets/<name>.c` into a shared library without frame pointers
+/// (`lib<name>.so`), for targets that load code with dlopen.
+pub fn build_shared_library(name: &str) -> PathBuf {
+    let out_dir = workspace_root().join("target/test-targets");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let library = out_dir.join(format!("lib{name}.so"));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets").join(format!("{name}.c"));
+    let status = Command::new("gcc")
+        .args(["-O2", "-g", "-fomit-frame-pointer", "-shared", "-fPIC", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .status()
+        .expect("cannot run gcc");
+    assert!(status.success(), "compiling {} failed", source.display());
+    library
+}
+
 /// A running target program that takes commands on stdin and answers "done <command>".
 pub struct Target {
     child: Child,

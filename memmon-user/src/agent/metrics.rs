@@ -31,6 +31,29 @@ fn int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// The stack walker's tables, and the sites whose stacks end early.
+fn unwind_metrics(registry: &Registry, unwind: &crate::unwind::UnwindStats) -> Result<()> {
+    let objects = gauge(registry, "memmon_unwind_objects", "Objects (executables, libraries) with an unwind table in the kernel.", &[])?;
+    objects.with_label_values::<&str>(&[]).set(int(unwind.objects));
+    let rows = gauge(registry, "memmon_unwind_rows", "CFI rows loaded into the kernel's unwind tables.", &[])?;
+    rows.with_label_values::<&str>(&[]).set(int(unwind.rows));
+    let bytes = gauge(registry, "memmon_unwind_table_bytes", "Kernel memory the loaded unwind rows and page indexes take.", &[])?;
+    bytes.with_label_values::<&str>(&[]).set(int(unwind.bytes));
+    let capacity = gauge(registry, "memmon_unwind_table_capacity_bytes", "Size of the unwind row table (MEMMON_UNWIND_TABLE_MAX_MB).", &[])?;
+    capacity.with_label_values::<&str>(&[]).set(int(unwind.capacity_bytes));
+    let build = Counter::with_opts(Opts::new("memmon_unwind_build_seconds_total", "Time spent compiling unwind tables."))?;
+    registry.register(Box::new(build.clone()))?;
+    build.inc_by(unwind.build_seconds);
+    let missing = gauge(registry, "memmon_unwind_objects_missing", "Mapped objects without an unwind table, by reason (budget: MEMMON_UNWIND_TABLE_MAX_MB exhausted; no_cfi: none in the file).", &["reason"])?;
+    missing.with_label_values(&["budget"]).set(int(unwind.dropped_objects));
+    missing.with_label_values(&["no_cfi"]).set(int(unwind.objects_without_cfi));
+    let truncated = gauge(registry, "memmon_truncated_stack_sites", "Allocation sites whose stack walk stopped before the bottom of the stack, by reason.", &["reason"])?;
+    for (reason, count) in &unwind.truncated_sites {
+        truncated.with_label_values(&[reason]).set(int(*count));
+    }
+    Ok(())
+}
+
 pub fn render(agent: &mut Agent) -> Result<String> {
     let registry = Registry::new();
     let target_labels = ["pid", "comm"];
@@ -63,6 +86,7 @@ pub fn render(agent: &mut Agent) -> Result<String> {
     let agent_cpu = Counter::with_opts(Opts::new("memmon_agent_cpu_seconds_total", "CPU time used by the memmon agent itself."))?;
     registry.register(Box::new(agent_cpu.clone()))?;
     let agent_memory = gauge(&registry, "memmon_agent_resident_memory_bytes", "Resident memory of the memmon agent itself.", &[])?;
+    unwind_metrics(&registry, &agent.unwind_stats())?;
 
     let snapshot = agent.snapshot().clone();
     let top_k = agent.config().metrics_top_sites as usize;

@@ -135,6 +135,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             _ = liveness.tick(), if !targets_gone => {
                 let last_words = agent
                     .with(|agent| {
+                        // Code mapped since the last look (dlopen) gets unwind tables within a tick.
+                        agent.refresh_code_mappings();
                         let gone = agent.tracer().targets().iter().all(|t| !t.process.is_alive());
                         gone.then(|| agent.refresh().map(|()| final_report(agent)))
                     })

@@ -89,6 +89,13 @@ impl Agent {
         &self.config
     }
 
+    /// Brings the unwind tables up to date with code the targets mapped since the last look.
+    pub fn refresh_code_mappings(&mut self) {
+        if let Err(err) = self.tracer.refresh_code_mappings() {
+            log::warn!("refreshing code mappings failed: {err:#}");
+        }
+    }
+
     /// Takes a snapshot of the kernel tables and /proc (MEMMON_METRICS_UPDATE_INTERVAL).
     pub fn refresh(&mut self) -> Result<()> {
         let snapshot = self.tracer.snapshot()?;
@@ -228,7 +235,19 @@ impl Agent {
             listen: self.config.listen.to_string(),
             profiling_enabled: self.config.profiling_enabled,
             profiles: self.profiles(),
+            unwind: self.unwind_stats(),
         }
+    }
+
+    /// The tracer's unwind-table figures, with the latest snapshot's truncated sites.
+    pub fn unwind_stats(&self) -> crate::unwind::UnwindStats {
+        let mut stats = self.tracer.unwind_stats();
+        for site in self.snapshot.sites.iter().chain(&self.snapshot.mapping_sites) {
+            if site.truncated != memmon_common::Truncation::Complete {
+                *stats.truncated_sites.entry(site.truncated.name().to_string()).or_default() += 1;
+            }
+        }
+        stats
     }
 
     pub fn leaks(&self) -> wire::Leaks {

@@ -20,7 +20,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use memmon_common::unwind::{
     ExecMapping, MAPPING_TABLE_ENTRIES, MAX_EXEC_MAPPINGS, MAX_OBJECTS, MappingRange, NO_OBJECT, Object, PageRows, Row,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     cfi,
@@ -39,7 +39,8 @@ pub fn capacities(max_mb: u32) -> (u32, u32) {
 }
 
 /// Figures for `status` and `/metrics`.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct UnwindStats {
     /// Objects with a table in the kernel.
     pub objects: u64,
@@ -56,11 +57,14 @@ pub struct UnwindStats {
     pub objects_without_cfi: u64,
     /// Code mappings beyond the per-process limit, left out (their frames end walks).
     pub dropped_mappings: u64,
+    /// Allocation sites whose stacks end early, by reason (`outside_objects`, …).
+    pub truncated_sites: std::collections::BTreeMap<String, u64>,
     /// Each object memmon has looked at, with its table or the reason it has none.
     pub detail: Vec<ObjectDetail>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct ObjectDetail {
     pub object: String,
     pub rows: u64,
