@@ -22,8 +22,8 @@ use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_loop};
 use memmon_common::{
     MAX_STACK_DEPTH, StackTrace, Truncation,
     unwind::{
-        ExecMapping, MAPPING_SEARCH_STEPS, MappingRange, PAGE_SHIFT, RBP_LOST, RBP_UNCHANGED, ROW_SEARCH_STEPS, Row,
-        kind,
+        ExecMapping, MAPPING_SEARCH_STEPS, MappingRange, NO_OBJECT, Object, PAGE_SHIFT, RBP_LOST, RBP_UNCHANGED,
+        ROW_SEARCH_STEPS, Row, kind,
     },
 };
 
@@ -47,6 +47,10 @@ struct Walk {
     rbp: u64,
     rbp_known: bool,
     truncated: Truncation,
+    /// The mapping and object of the previous frame: callers are mostly in the same object,
+    /// and a range check is cheaper than the search.
+    last_mapping: ExecMapping,
+    last_object: Object,
 }
 
 /// Walks the stack of process `tgid` from `regs` into `stack` (`ips`, `depth`, `truncated`).
@@ -65,6 +69,8 @@ pub fn walk(stack: &mut StackTrace, regs: UserRegs, tgid: u32) {
         rbp: regs.rbp,
         rbp_known: true,
         truncated: Truncation::DepthLimit,
+        last_mapping: ExecMapping { start: 0, end: 0, bias: 0, object: NO_OBJECT, _pad: 0 },
+        last_object: Object { base: 0, rows_start: 0, row_count: 0, pages_start: 0, page_count: 0 },
     };
     // SAFETY: `step` has the callback signature bpf_loop expects; `walk` outlives the call.
     unsafe {
@@ -90,13 +96,19 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
 fn step_frame(walk: &mut Walk) -> Result<(), Truncation> {
     let stack = unsafe { &mut *walk.stack };
     let depth = stack.depth as usize;
-    let mapping = find_mapping(walk.mappings, walk.pc).ok_or(Truncation::OutsideObjects)?;
+    if !(walk.last_mapping.start <= walk.pc && walk.pc < walk.last_mapping.end) {
+        walk.last_mapping = find_mapping(walk.mappings, walk.pc).ok_or(Truncation::OutsideObjects)?;
+        walk.last_object = match UNWIND_OBJECTS.get(walk.last_mapping.object) {
+            Some(object) => *object,
+            None => Object { base: 0, rows_start: 0, row_count: 0, pages_start: 0, page_count: 0 },
+        };
+    }
     let Some(slot) = stack.ips.get_mut(depth) else { return Err(Truncation::DepthLimit) };
     *slot = walk.pc;
     stack.depth += 1;
     // A return address points after its call, which may be the last instruction of the
     // function: the row in effect is the call's.
-    let row = find_row(&mapping, walk.pc - 1).ok_or(Truncation::NoUnwindInfo)?;
+    let row = find_row(&walk.last_object, walk.pc - 1 - walk.last_mapping.bias).ok_or(Truncation::NoUnwindInfo)?;
     let cfa = match row.kind {
         kind::CFA_RSP => walk.sp.wrapping_add(row.cfa_offset as i64 as u64),
         kind::CFA_RBP if walk.rbp_known => walk.rbp.wrapping_add(row.cfa_offset as i64 as u64),
@@ -108,21 +120,39 @@ fn step_frame(walk: &mut Walk) -> Result<(), Truncation> {
     if cfa <= walk.sp {
         return Err(Truncation::StackNotAdvancing);
     }
-    let return_address = read_user(cfa - 8)?;
-    match row.rbp {
-        RBP_UNCHANGED => {}
-        RBP_LOST => walk.rbp_known = false,
+    let return_address = match row.rbp {
+        // rbp pushed right after the return address (every frame-pointer prologue): one read.
+        RBP_SAVED_BELOW_RETURN => {
+            let [saved_rbp, return_address] = read_user_pair(cfa - 16)?;
+            walk.rbp = saved_rbp;
+            walk.rbp_known = true;
+            return_address
+        }
+        RBP_UNCHANGED => read_user(cfa - 8)?,
+        RBP_LOST => {
+            walk.rbp_known = false;
+            read_user(cfa - 8)?
+        }
         offset => {
             walk.rbp = read_user(cfa.wrapping_add((offset as i64 * 8) as u64))?;
             walk.rbp_known = true;
+            read_user(cfa - 8)?
         }
-    }
+    };
     if return_address == 0 {
         return Err(Truncation::Complete);
     }
     walk.sp = cfa;
     walk.pc = return_address;
     Ok(())
+}
+
+/// `Row::rbp` of a frame whose caller's rbp sits just below its return address.
+const RBP_SAVED_BELOW_RETURN: i8 = -2;
+
+#[inline(always)]
+fn read_user_pair(address: u64) -> Result<[u64; 2], Truncation> {
+    unsafe { bpf_probe_read_user(address as *const [u64; 2]) }.map_err(|_| Truncation::StackReadFailed)
 }
 
 #[inline(always)]
@@ -152,11 +182,10 @@ fn find_mapping(mappings: MappingRange, pc: u64) -> Option<ExecMapping> {
     (mapping.start <= pc && pc < mapping.end).then_some(mapping)
 }
 
-/// The row in effect at `pc` in the mapping's object.
+/// The row in effect at ELF address `elf_address` in `object`.
 #[inline(always)]
-fn find_row(mapping: &ExecMapping, pc: u64) -> Option<Row> {
-    let object = UNWIND_OBJECTS.get(mapping.object)?;
-    let address = pc.wrapping_sub(mapping.bias).wrapping_sub(object.base);
+fn find_row(object: &Object, elf_address: u64) -> Option<Row> {
+    let address = elf_address.wrapping_sub(object.base);
     let page = address >> PAGE_SHIFT;
     if page >= object.page_count as u64 {
         return None;

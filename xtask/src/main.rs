@@ -61,7 +61,8 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Bench => {
             build()?;
-            cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench"], &[])
+            cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench"], &[])?;
+            cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-unwind"], &[])
         }
         Task::Test { args } => {
             build()?;
