@@ -27,6 +27,9 @@ const APT_PACKAGES: &[&str] = &[
     "chromium",
     "fonts-liberation",
     "gdb",
+    "python3.11",
+    "redis-server",
+    "redis-tools",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
