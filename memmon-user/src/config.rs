@@ -64,8 +64,9 @@ pub struct AgentConfig {
     #[arg(long, env = "MEMMON_MAX_SITES", default_value_t = memmon_common::DEFAULT_MAX_SITES,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sites: u32,
-    /// Move free-type probes past instructions the kernel would single-step, when provably
-    /// equivalent (false: probe every function at its entry).
+    /// Move each allocator function's probes past instructions the kernel would single-step, to
+    /// the first one it emulates, when provably equivalent (false: probe every function at its
+    /// entry).
     #[arg(long, env = "MEMMON_OPTIMIZE_PROBE_SITES", default_value_t = true, action = clap::ArgAction::Set)]
     pub optimize_probe_sites: bool,
     /// Directory for profiles (created 0700 if missing; must be writable).

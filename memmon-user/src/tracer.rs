@@ -57,8 +57,8 @@ pub enum Programs {
 pub struct TracerOptions {
     pub capacity: Capacity,
     pub programs: Programs,
-    /// Move entry-only probes (free, delete) past instructions the kernel would single-step,
-    /// where provably equivalent (see `probe_site`).
+    /// Move each function's probes (entry and return) past instructions the kernel would
+    /// single-step, to the first one it emulates, where provably equivalent (see `probe_site`).
     pub optimize_probe_sites: bool,
 }
 
@@ -256,7 +256,10 @@ pub fn preflight(pids: &[u32]) -> Result<Vec<Process>> {
 
 fn attach_allocator(ebpf: &mut Ebpf, process: &Process, allocator: &Allocator, programs: Programs) -> Result<()> {
     let scope = UProbeScope::OneProcess(NonZeroU32::new(process.pid).expect("pid 0 rejected"));
-    // Returns first, then entries; see the ARMED map for why the order is harmless.
+    // Returns first, then entries; see the ARMED map for why the order is harmless. An
+    // allocating function's entry and return probes share its site, which may lie past the
+    // entry: the kernel takes the return address to hijack from [rsp] when the probe hits, and
+    // probe_site only moves past instructions that leave rsp and [rsp] alone.
     for returns in [true, false] {
         for object in &allocator.objects {
             let path = process.root_path(&object.path);
