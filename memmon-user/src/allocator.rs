@@ -239,6 +239,11 @@ impl Allocator {
     pub fn describe(&self) -> String {
         self.objects.iter().map(ProbedObject::describe).collect::<Vec<_>>().join("; ")
     }
+
+    /// The probes the kernel must single-step on every hit: the expensive ones.
+    pub fn single_stepped(&self) -> impl Iterator<Item = &ProbeSite> {
+        self.objects.iter().flat_map(|object| &object.sites).filter(|site| !site.emulated)
+    }
 }
 
 fn is_cxx_runtime(object: &str, exe: Option<&str>) -> bool {
