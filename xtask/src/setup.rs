@@ -10,10 +10,11 @@ use anyhow::{Context as _, Result, bail};
 
 /// The eBPF build needs LLVM 22; the integration tests need compilers for their targets, the
 /// third-party allocators they run those targets under (LD_PRELOAD), Prometheus (promtool
-/// checks the agent's /metrics), Go (`go tool pprof` reads memmon's profiles), and headless
+/// checks the agent's /metrics), Go (`go tool pprof` reads memmon's profiles), headless
 /// Chromium, which draws `memmon report flamegraph`'s SVG to check its frames are there, with a
 /// font to lay out the frame labels in (chromium only recommends fonts-liberation, and recommended
-/// packages are not installed here).
+/// packages are not installed here), and Debian's redis-server (on jemalloc; it brings
+/// redis-tools' redis-benchmark), a real program whose probes must all be cheap.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -26,6 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "golang-go",
     "chromium",
     "fonts-liberation",
+    "redis-server",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
