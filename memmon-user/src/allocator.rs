@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use iced_x86::Register;
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, SectionKind, SymbolKind};
 
 use crate::{
@@ -128,7 +129,37 @@ pub struct ProbeSite {
     pub emulated: bool,
     /// Why a single-stepped probe could not move to an emulated instruction.
     pub kept: Option<Obstacle>,
+    /// Arguments (by index) the entry program must read from another register at this site.
+    pub relocated: Vec<(usize, Register)>,
 }
+
+impl ProbeSite {
+    /// The register each argument the entry program reads is in at the site, in argument order.
+    pub fn argument_registers(&self) -> Vec<Register> {
+        let at = |arg: usize| {
+            let relocated = self.relocated.iter().find(|(moved, _)| *moved == arg).map(|(_, register)| *register);
+            relocated.unwrap_or(probe_site::ARGUMENT_REGISTERS[arg])
+        };
+        self.function.args_read.iter().map(|&arg| at(arg)).collect()
+    }
+
+    /// The entry probe's attach cookie, which tells the entry program where its arguments are
+    /// (memmon-ebpf/src/main.rs, `Args`): byte n is 0 when argument n is in its ABI register,
+    /// else 1 + the x86-64 number of the register holding it (rax 0, rcx 1, rdx 2, rbx 3, rsp 4,
+    /// rbp 5, rsi 6, rdi 7, r8–r15 8–15).
+    pub fn cookie(&self) -> u64 {
+        self.relocated.iter().fold(0, |cookie, &(arg, register)| {
+            let number = X86_REGISTERS.iter().position(|&r| r == register).expect("a general-purpose register");
+            cookie | ((1 + number as u64) << (8 * arg))
+        })
+    }
+}
+
+/// The x86-64 general-purpose registers in encoding order.
+const X86_REGISTERS: [Register; 16] = [
+    Register::RAX, Register::RCX, Register::RDX, Register::RBX, Register::RSP, Register::RBP, Register::RSI, Register::RDI,
+    Register::R8, Register::R9, Register::R10, Register::R11, Register::R12, Register::R13, Register::R14, Register::R15,
+];
 
 /// One object memmon probes, and where.
 #[derive(Clone, Debug)]
@@ -356,6 +387,7 @@ pub fn probe_sites(path: &Path, functions: &[Function], optimize: bool) -> Resul
             moved_by: site.offset,
             emulated: site.emulated,
             kept: site.kept,
+            relocated: site.relocated,
         })
         .collect())
 }
@@ -460,6 +492,25 @@ mod tests {
         let reallocarray = site("reallocarray");
         assert_eq!((reallocarray.moved_by, reallocarray.emulated), (0, false), "{reallocarray:?}");
         assert!(reallocarray.kept.is_some());
+    }
+
+    #[test]
+    fn the_cookie_names_each_relocated_argument_register() {
+        let site = |relocated| ProbeSite {
+            function: *FAMILY.iter().find(|f| f.symbol == "realloc").unwrap(),
+            file_offset: 20,
+            moved_by: 20,
+            emulated: true,
+            kept: None,
+            relocated,
+        };
+        assert_eq!(site(vec![]).cookie(), 0);
+        // realloc's ptr (argument 0) in rsi (6), its size (argument 1) in rdx (2).
+        let moved = site(vec![(0, Register::RSI), (1, Register::RDX)]);
+        assert_eq!(moved.cookie(), 0x0307);
+        assert_eq!(moved.argument_registers(), [Register::RSI, Register::RDX]);
+        assert_eq!(site(vec![(1, Register::R15)]).cookie(), 16 << 8);
+        assert_eq!(site(vec![(1, Register::R15)]).argument_registers(), [Register::RDI, Register::R15]);
     }
 
     #[test]

@@ -21,9 +21,12 @@
 //!    land in the middle of another function's first basic block (neither do landing pads,
 //!    which are blocks reached only by unwinding, never the fall-through of an entry block).
 //!    glibc's `aligned_alloc` jumps into the middle of `malloc`, which is why this is checked.
-//! 3. The skipped instructions change nothing the probes read: not the argument registers the
-//!    entry program decodes (each program's own: malloc's reads only `rdi`, realloc's `rdi` and
-//!    `rsi`, …), not the stack pointer (the entry program keys calls in flight by it), and, when
+//! 3. The skipped instructions change nothing the probes read: not the arguments the entry
+//!    program decodes (each program's own: malloc's reads only `rdi`, realloc's `rdi` and `rsi`,
+//!    …) — an argument overwritten in its register is still readable if a 64-bit `mov` copied it
+//!    to another register first, and the entry program is then told (by the attach cookie) to
+//!    read it there: mimalloc's malloc moves its size to `rsi` and puts its heap in `rdi` before
+//!    its first branch —, not the stack pointer (the entry program keys calls in flight by it), and, when
 //!    a return probe shares the site, not the return address at `[rsp]` (the kernel takes it
 //!    from there to hijack the return; TOOLCHAIN.md measured that a return probe at a later
 //!    offset works while it is there). Everything else is harmless: the skipped instructions
@@ -49,7 +52,7 @@ use iced_x86::{
 pub const WINDOW: usize = 24;
 
 /// The SysV x86-64 integer argument registers, by argument index.
-const ARGUMENT_REGISTERS: [Register; 6] = [Register::RDI, Register::RSI, Register::RDX, Register::RCX, Register::R8, Register::R9];
+pub const ARGUMENT_REGISTERS: [Register; 6] = [Register::RDI, Register::RSI, Register::RDX, Register::RCX, Register::R8, Register::R9];
 
 /// What a function's probes read at the probed instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,11 +90,16 @@ pub struct Site {
     pub emulated: bool,
     /// Why a single-stepped entry could not move to an emulated instruction.
     pub kept: Option<Obstacle>,
+    /// Arguments (by index) that are no longer in their ABI register at the site, with the
+    /// register holding a copy (mimalloc's malloc moves its size from rdi to rsi before its first
+    /// branch): the entry program must read them there.
+    pub relocated: Vec<(usize, Register)>,
 }
 
 impl Site {
     fn entry(kept: Obstacle, first_emulated: bool) -> Self {
-        if first_emulated { Self { offset: 0, emulated: true, kept: None } } else { Self { offset: 0, emulated: false, kept: Some(kept) } }
+        let kept = (!first_emulated).then_some(kept);
+        Self { offset: 0, emulated: first_emulated, kept, relocated: Vec::new() }
     }
 }
 
@@ -175,9 +183,10 @@ pub fn entry_site(code: &[u8]) -> Site {
 
 /// The first emulated instruction, reached by a straight line that leaves the probe's
 /// registers alone; not yet checked against branches.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Candidate {
     offset: u64,
+    relocated: Vec<(usize, Register)>,
 }
 
 /// `Err` is a decision already taken: the entry (emulated, or the reason it must stay).
@@ -188,6 +197,7 @@ fn candidate(function: &Probed) -> Result<Candidate, Site> {
     let mut decoder = Decoder::with_ip(64, code.bytes, code.address, DecoderOptions::NONE);
     let mut info = InstructionInfoFactory::new();
     let mut instruction = Instruction::default();
+    let mut homes = Homes::new(function.needs.args);
     for _ in 0..WINDOW {
         if !decoder.can_decode() {
             return Err(keep(Obstacle::NoEmulatedInstruction { window: WINDOW }));
@@ -200,28 +210,77 @@ fn candidate(function: &Probed) -> Result<Candidate, Site> {
         }
         if kernel_emulates(&instruction, &code.bytes[position..]) {
             if at == 0 {
-                return Err(Site { offset: 0, emulated: true, kept: None });
+                return Err(Site { offset: 0, emulated: true, kept: None, relocated: Vec::new() });
             }
             if !function.whole {
                 return Err(keep(Obstacle::UnknownSize));
             }
-            return Ok(Candidate { offset: at });
+            return Ok(Candidate { offset: at, relocated: homes.relocated() });
         }
         if instruction.flow_control() != FlowControl::Next {
             return Err(keep(Obstacle::NotStraightLine { at }));
         }
         let info = info.info(&instruction);
-        let read = |register: Register| {
-            register == Register::RSP || function.needs.args.iter().any(|&arg| ARGUMENT_REGISTERS.get(arg) == Some(&register))
-        };
-        if let Some(written) = info.used_registers().iter().find(|used| writes(used.access()) && read(used.register().full_register())) {
-            return Err(keep(Obstacle::Writes { at, register: written.register().full_register() }));
+        let written: Vec<Register> =
+            info.used_registers().iter().filter(|used| writes(used.access())).map(|used| used.register().full_register()).collect();
+        if written.contains(&Register::RSP) {
+            return Err(keep(Obstacle::Writes { at, register: Register::RSP }));
+        }
+        if let Err(register) = homes.update(&written, register_copy(&instruction)) {
+            return Err(keep(Obstacle::Writes { at, register }));
         }
         if function.needs.returns && info.used_memory().iter().any(|m| writes(m.access()) && may_touch_return_address(m)) {
             return Err(keep(Obstacle::WritesReturnAddress { at }));
         }
     }
     Err(keep(Obstacle::NoEmulatedInstruction { window: WINDOW }))
+}
+
+/// Where each argument the probe reads is, along the skipped instructions: the registers holding
+/// its value (its ABI register, and any full 64-bit copies made since).
+struct Homes {
+    args: Vec<(usize, Vec<Register>)>,
+}
+
+impl Homes {
+    fn new(args: &[usize]) -> Self {
+        Self { args: args.iter().map(|&arg| (arg, ARGUMENT_REGISTERS.get(arg).copied().into_iter().collect())).collect() }
+    }
+
+    /// An instruction wrote `written`, copying one register to another if `copy` is
+    /// `(destination, source)`. Fails with the register whose write lost an argument's last copy.
+    fn update(&mut self, written: &[Register], copy: Option<(Register, Register)>) -> Result<(), Register> {
+        for (_, homes) in &mut self.args {
+            let copied = copy.is_some_and(|(_, source)| homes.contains(&source));
+            let lost = homes.iter().copied().find(|home| written.contains(home));
+            homes.retain(|home| !written.contains(home));
+            match (copied, lost) {
+                (true, _) => homes.push(copy.expect("copied").0),
+                (false, Some(register)) if homes.is_empty() => return Err(register),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The arguments no longer in their ABI register, with a register that holds them.
+    fn relocated(&self) -> Vec<(usize, Register)> {
+        self.args
+            .iter()
+            .filter(|(arg, homes)| !homes.contains(&ARGUMENT_REGISTERS[*arg]))
+            .map(|(arg, homes)| (*arg, homes[0]))
+            .collect()
+    }
+}
+
+/// `(destination, source)` of a 64-bit register-to-register `mov`: the one copy the argument
+/// tracking follows (a 32-bit mov truncates, anything else computes).
+fn register_copy(instruction: &Instruction) -> Option<(Register, Register)> {
+    let registers = instruction.op_count() == 2
+        && instruction.op0_kind() == OpKind::Register
+        && instruction.op1_kind() == OpKind::Register;
+    (registers && matches!(instruction.code(), Opcode::Mov_rm64_r64 | Opcode::Mov_r64_rm64))
+        .then(|| (instruction.op0_register(), instruction.op1_register()))
 }
 
 /// Checks the whole function: no branch of its own into (entry, site], and no indirect jump.
@@ -240,7 +299,7 @@ fn confirm(function: &Probed, candidate: Candidate, landings: &Landings) -> Site
     if let Some((from, to)) = landings.into(window) {
         return keep(Obstacle::BranchInto { from, to: to - code.address });
     }
-    Site { offset: candidate.offset, emulated: true, kept: None }
+    Site { offset: candidate.offset, emulated: true, kept: None, relocated: candidate.relocated }
 }
 
 /// Direct branch targets that land in watched windows, with where they come from.
@@ -602,15 +661,22 @@ mod tests {
         choose_sites(&[probed(symbol, BASE, bytes)], &[]).remove(0)
     }
 
-    /// The offset of an emulated site.
+    /// The offset of an emulated site where every argument is still in its ABI register.
     fn emulated_at(symbol: &str, bytes: &[u8]) -> u64 {
+        let (offset, relocated) = relocated_at(symbol, bytes);
+        assert_eq!(relocated, [], "{symbol}");
+        offset
+    }
+
+    /// The offset of an emulated site, and the arguments the entry program finds elsewhere there.
+    fn relocated_at(symbol: &str, bytes: &[u8]) -> (u64, Vec<(usize, Register)>) {
         let site = site(symbol, bytes);
         assert!(site.emulated && site.kept.is_none(), "{symbol}: {site:?}");
-        site.offset
+        (site.offset, site.relocated)
     }
 
     fn stays(obstacle: Obstacle) -> Site {
-        Site { offset: 0, emulated: false, kept: Some(obstacle) }
+        Site { offset: 0, emulated: false, kept: Some(obstacle), relocated: Vec::new() }
     }
 
     #[test]
@@ -666,11 +732,11 @@ mod tests {
         assert_eq!(emulated_at("_ZdlPv", MIMALLOC_FREE), 6);
         assert_eq!(emulated_at("posix_memalign", MIMALLOC_POSIX_MEMALIGN), 0);
         assert_eq!(emulated_at("_Znwm", MIMALLOC_NEW), 0);
-        // mimalloc moves its arguments to make room for the heap (`mov %fs:(%rax),%rdi`)
-        // before its first branch: the registers the programs read are gone by then.
-        assert_eq!(site("malloc", MIMALLOC_MALLOC), stays(Obstacle::Writes { at: 10, register: Register::RDI }));
-        assert_eq!(site("calloc", MIMALLOC_CALLOC), stays(Obstacle::Writes { at: 10, register: Register::RDI }));
-        assert_eq!(site("realloc", MIMALLOC_REALLOC), stays(Obstacle::Writes { at: 10, register: Register::RSI }));
+        // mimalloc copies its arguments aside to pass the thread's heap first (`mov
+        // %fs:(%rax),%rdi`) before its first branch: the entry program reads the copies.
+        assert_eq!(relocated_at("malloc", MIMALLOC_MALLOC), (21, vec![(0, Register::RSI)]));
+        assert_eq!(relocated_at("calloc", MIMALLOC_CALLOC), (18, vec![(0, Register::RAX)]));
+        assert_eq!(relocated_at("realloc", MIMALLOC_REALLOC), (20, vec![(0, Register::RSI), (1, Register::RDX)]));
     }
 
     #[test]
@@ -755,6 +821,15 @@ mod tests {
         }
         // The same for a 32-bit write (xor %edi,%edi zero-extends into rdi).
         assert_eq!(site("malloc", &[0x31, 0xff, 0x55]), stays(Obstacle::Writes { at: 0, register: Register::RDI }));
+        // mov %rdi,%rax ; mov %rsi,%rdi ; push: the size survives in rax, where the program reads it.
+        assert_eq!(relocated_at("malloc", &[0x48, 0x89, 0xf8, 0x48, 0x89, 0xf7, 0x55]), (6, vec![(0, Register::RAX)]));
+        // ... unless rax is overwritten too (mov $1,%eax).
+        let lost = [0x48, 0x89, 0xf8, 0x48, 0x89, 0xf7, 0xb8, 0x01, 0x00, 0x00, 0x00, 0x55];
+        assert_eq!(site("malloc", &lost), stays(Obstacle::Writes { at: 6, register: Register::RAX }));
+        // mov %edi,%eax copies only the low half: not a copy of the size.
+        assert_eq!(site("malloc", &[0x89, 0xf8, 0x48, 0x89, 0xf7, 0x55]), stays(Obstacle::Writes { at: 2, register: Register::RDI }));
+        // A copy back to the ABI register needs no relocation: mov %rdi,%rax ; mov %rsi,%rdi ; mov %rax,%rdi.
+        assert_eq!(emulated_at("malloc", &[0x48, 0x89, 0xf8, 0x48, 0x89, 0xf7, 0x48, 0x89, 0xc7, 0x55]), 9);
         // mov $0,%esi writes the size realloc reads, not malloc's argument.
         assert_eq!(emulated_at("malloc", &[0xbe, 0x00, 0x00, 0x00, 0x00, 0x55]), 5);
         assert_eq!(site("realloc", &[0xbe, 0x00, 0x00, 0x00, 0x00, 0x55]), stays(Obstacle::Writes { at: 0, register: Register::RSI }));
@@ -813,8 +888,8 @@ mod tests {
         let prefix = Probed { code: Code { address: BASE, bytes: &CMP_JA }, whole: false, needs: needs("malloc") };
         assert_eq!(choose_sites(&[prefix], &[])[0], stays(Obstacle::UnknownSize));
         let prefix = Probed { code: Code { address: BASE, bytes: GLIBC_MALLOC }, whole: false, needs: needs("malloc") };
-        assert_eq!(choose_sites(&[prefix], &[])[0], Site { offset: 0, emulated: true, kept: None });
+        assert_eq!(choose_sites(&[prefix], &[])[0], Site { offset: 0, emulated: true, kept: None, relocated: Vec::new() });
         assert_eq!(entry_site(JEMALLOC_MALLOC), stays(Obstacle::Disabled));
-        assert_eq!(entry_site(GLIBC_MALLOC), Site { offset: 0, emulated: true, kept: None });
+        assert_eq!(entry_site(GLIBC_MALLOC), Site { offset: 0, emulated: true, kept: None, relocated: Vec::new() });
     }
 }

@@ -11,7 +11,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, Map},
-    programs::{TracePoint, UProbe, uprobe::UProbeScope},
+    programs::{
+        TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
 };
 use memmon_common::{
     DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, LiveAlloc, LiveKey, Loss, ProcessMemory,
@@ -271,9 +274,13 @@ fn attach_allocator(ebpf: &mut Ebpf, process: &Process, allocator: &Allocator, p
                     (false, _, Programs::Tracking) => site.function.entry_program,
                     (false, _, Programs::Empty) => "empty_enter",
                 };
+                // An entry program finds arguments the skipped instructions moved through its
+                // cookie (ProbeSite::cookie); the others read none.
+                let cookie = (!returns && programs == Programs::Tracking && site.cookie() != 0).then(|| site.cookie());
+                let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(site.file_offset), cookie };
                 let probe: &mut UProbe = ebpf.program_mut(program).expect("loaded").try_into()?;
                 probe
-                    .attach(site.file_offset, &path, scope)
+                    .attach(point, &path, scope)
                     .map_err(|err| gone_hint(process, anyhow!(err)))
                     .with_context(|| {
                         format!("attaching {program} to {} in {} (pid {})", site.function.symbol, object.path, process.pid)

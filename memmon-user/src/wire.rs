@@ -57,6 +57,10 @@ pub struct ProbeSiteStatus {
     pub returns: bool,
     /// Why a single-stepped probe could not move to an emulated instruction.
     pub reason: Option<String>,
+    /// Where the entry program reads each argument it decodes at the site, e.g. ["rdi"]; past
+    /// the entry an argument may have been copied to another register ("rsi").
+    #[serde(default)]
+    pub arguments: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -412,6 +412,7 @@ fn probe_sites(allocator: &Allocator) -> Vec<wire::ProbeSiteStatus> {
             emulated: site.emulated,
             returns: site.function.returns_allocation,
             reason: site.kept.as_ref().map(ToString::to_string),
+            arguments: site.argument_registers().iter().map(|r| format!("{r:?}").to_lowercase()).collect(),
         })
         .collect()
 }
