@@ -57,9 +57,23 @@ fn every_command_in_both_formats() {
     let lost: u64 = status["events_lost"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(lost, 0, "{status:#}");
     assert_eq!(status["targets"][0]["allocator"], "glibc");
+    // Where each function is probed (Debian 12's glibc): free past its `test` on the emulated
+    // `je`, posix_memalign's entry and return past a RIP-relative cmpb; reallocarray, whose `mul`
+    // overwrites the size before any emulated instruction, single-stepped at its entry.
+    let sites = status["targets"][0]["probe_sites"].as_array().expect("probe_sites");
+    let site = |function: &str| {
+        let site = sites.iter().find(|s| s["function"] == function).unwrap_or_else(|| panic!("{function}: {status:#}"));
+        (site["offset"].as_u64().unwrap(), site["emulated"].as_bool().unwrap(), site["returns"].as_bool().unwrap())
+    };
+    assert_eq!(site("free"), (3, true, false));
+    assert_eq!(site("posix_memalign"), (7, true, true));
+    assert_eq!(site("malloc"), (0, true, true));
+    assert_eq!(site("reallocarray"), (0, false, true));
+    assert_eq!(status["targets"][0]["single_stepped"], serde_json::json!(["reallocarray"]), "{status:#}");
     let (code, text, _) = agent.command("status", &[]);
     assert_eq!(code, 0);
     assert!(text.contains("glibc allocator in") && text.contains("free+3") && text.contains("events lost: none"), "{text}");
+    assert!(text.contains("1 single-stepped") && text.contains("single-stepped: reallocarray in libc.so.6 at +0: "), "{text}");
 
     let health = agent.json("health-check");
     assert_eq!(health["status"], "healthy", "{health:#}");

@@ -2,7 +2,8 @@
 //! stripped or not. Only the CFI walk can find their callers.
 
 use std::{
-    net::{TcpListener, TcpStream},
+    os::unix::net::UnixStream,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -34,37 +35,46 @@ fn describe(frames: &[Frame]) -> String {
     frames.iter().map(|f| f.function.as_str()).collect::<Vec<_>>().join(" ← ")
 }
 
-struct Redis(Child);
+struct Redis(Child, PathBuf);
 
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let _ = std::fs::remove_file(&self.1);
     }
 }
 
-fn start_redis() -> (Redis, u16) {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+/// redis-server on a Unix socket of its own (no TCP port another test could be answering on),
+/// once it accepts connections there.
+fn start_redis() -> Redis {
+    let socket = std::env::temp_dir().join(format!("memmon-redis-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
     let child = Command::new("/usr/bin/redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--port", "0", "--unixsocket"])
+        .arg(&socket)
+        .args(["--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server (Debian package redis-server; cargo xtask setup installs it)");
+    let redis = Redis(child, socket);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not listen on {port}");
+    while UnixStream::connect(&redis.1).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not listen on {}", redis.1.display());
         std::thread::sleep(Duration::from_millis(20));
     }
-    (Redis(child), port)
+    redis
 }
 
 #[test]
 fn redis_set_path_is_named_down_to_main() {
     require_root();
-    let (redis, port) = start_redis();
+    let redis = start_redis();
     let mut tracer = Tracer::attach(&[redis.0.id()], TracerOptions::default()).unwrap();
     let status = Command::new("redis-benchmark")
-        .args(["-p", &port.to_string(), "-t", "set", "-n", "3000", "-r", "100000000", "-c", "2", "-q"])
+        .arg("-s")
+        .arg(&redis.1)
+        .args(["-t", "set", "-n", "3000", "-r", "100000000", "-c", "2", "-q"])
         .stdout(Stdio::null())
         .status()
         .expect("redis-benchmark (Debian package redis-tools)");

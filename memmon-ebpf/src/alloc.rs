@@ -16,6 +16,13 @@ use crate::{
 
 /// How far the stack pointer moves between a function's first instruction and its return:
 /// x86-64's `call` pushes the return address; arm64 keeps it in a register.
+///
+/// The entry probe may sit past the first instruction (memmon-user's probe_site moves it to the
+/// first one the kernel emulates), but only past instructions that write neither the stack
+/// pointer nor the return address at it: the stack pointer the entry sees is the one at the
+/// first instruction, so `entry_sp + RETURN_ADDRESS_BYTES` is still the stack pointer at the
+/// return, and a tail call (memalign jumping to malloc) still reaches the next function's site
+/// with the same stack pointer.
 #[cfg(bpf_target_arch = "x86_64")]
 const RETURN_ADDRESS_BYTES: u64 = 8;
 #[cfg(not(bpf_target_arch = "x86_64"))]

@@ -16,18 +16,71 @@ mod syscalls;
 mod unwind;
 
 use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_probe_read_kernel, generated::bpf_get_attach_cookie},
     macros::{tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use memmon_common::AllocKind;
 
-fn arg(ctx: &ProbeContext, n: usize) -> u64 {
-    ctx.arg::<u64>(n).unwrap_or(0)
+/// The arguments of the call a probe hit, where the probe's site has them. A probe may sit past
+/// its function's entry (memmon-user's probe_site), after instructions that copied an argument
+/// to another register and overwrote the original (mimalloc's malloc moves its size from rdi to
+/// rsi); the probe's attach cookie then says where it is: byte n, if not 0, is 1 + the x86-64
+/// number of the register holding argument n (memmon-user's `ProbeSite::cookie`).
+struct Args<'a> {
+    ctx: &'a ProbeContext,
+    cookie: u64,
+}
+
+impl<'a> Args<'a> {
+    #[inline(always)]
+    fn of(ctx: &'a ProbeContext) -> Self {
+        // SAFETY: a uprobe program's context is what the helper takes.
+        let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+        Self { ctx, cookie }
+    }
+
+    #[inline(always)]
+    fn get(&self, n: usize) -> u64 {
+        match (self.cookie >> (8 * n)) & 0xff {
+            0 => self.ctx.arg::<u64>(n).unwrap_or(0),
+            moved => register(self.ctx, moved - 1),
+        }
+    }
+}
+
+/// A general-purpose register by its x86-64 number (rax 0, rcx 1, rdx 2, rbx 3, rsp 4, rbp 5,
+/// rsi 6, rdi 7, r8–r15 8–15). The registers are copied out of the context first: reading the
+/// context's fields by a number compiles to a computed pointer into it, which the verifier
+/// refuses ("dereference of modified ctx ptr"), while a computed index into a stack copy is fine.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn register(ctx: &ProbeContext, number: u64) -> u64 {
+    // struct pt_regs begins r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi,
+    // rdi; rsp comes later and never holds an argument (probe_site refuses writes to it).
+    const SLOT: [usize; 16] = [10, 11, 12, 5, usize::MAX, 4, 13, 14, 9, 8, 7, 6, 3, 2, 1, 0];
+    let Some(slot) = SLOT.get(number as usize) else { return 0 };
+    // A volatile read, so that LLVM cannot drop the bound check below by knowing the table: the
+    // verifier does not know it, and refuses an unbounded index into the stack.
+    // SAFETY: a plain read of a static.
+    let slot = unsafe { core::ptr::read_volatile(slot) };
+    // SAFETY: reads the first 15 words of the user registers the context points at.
+    let Ok(words) = (unsafe { bpf_probe_read_kernel(ctx.regs as *const [u64; 15]) }) else { return 0 };
+    words.get(slot).copied().unwrap_or(0)
+}
+
+/// Only x86-64 sites move (probe_site decodes x86-64), so no cookie names a register elsewhere.
+#[cfg(not(bpf_target_arch = "x86_64"))]
+#[inline(always)]
+fn register(_ctx: &ProbeContext, _number: u64) -> u64 {
+    0
 }
 
 #[uprobe]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
-    alloc::enter(&ctx, AllocKind::Plain, arg(&ctx, 0), 0);
+    let args = Args::of(&ctx);
+    alloc::enter(&ctx, AllocKind::Plain, args.get(0), 0);
     0
 }
 
@@ -35,41 +88,47 @@ pub fn malloc_enter(ctx: ProbeContext) -> u32 {
 /// requested size is what is recorded (as for every other function).
 #[uprobe]
 pub fn size_only_enter(ctx: ProbeContext) -> u32 {
-    alloc::enter(&ctx, AllocKind::Plain, arg(&ctx, 0), 0);
+    let args = Args::of(&ctx);
+    alloc::enter(&ctx, AllocKind::Plain, args.get(0), 0);
     0
 }
 
 /// memalign(alignment, size) and aligned_alloc(alignment, size).
 #[uprobe]
 pub fn aligned_enter(ctx: ProbeContext) -> u32 {
-    alloc::enter(&ctx, AllocKind::Plain, arg(&ctx, 1), 0);
+    let args = Args::of(&ctx);
+    alloc::enter(&ctx, AllocKind::Plain, args.get(1), 0);
     0
 }
 
 #[uprobe]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
-    alloc::enter(&ctx, AllocKind::Plain, alloc::array_size(arg(&ctx, 0), arg(&ctx, 1)), 0);
+    let args = Args::of(&ctx);
+    alloc::enter(&ctx, AllocKind::Plain, alloc::array_size(args.get(0), args.get(1)), 0);
     0
 }
 
 #[uprobe]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    alloc::enter(&ctx, AllocKind::Realloc, arg(&ctx, 1), arg(&ctx, 0));
+    let args = Args::of(&ctx);
+    alloc::enter(&ctx, AllocKind::Realloc, args.get(1), args.get(0));
     0
 }
 
 /// reallocarray(ptr, nmemb, size).
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
-    let size = alloc::array_size(arg(&ctx, 1), arg(&ctx, 2));
-    alloc::enter(&ctx, AllocKind::Realloc, size, arg(&ctx, 0));
+    let args = Args::of(&ctx);
+    let size = alloc::array_size(args.get(1), args.get(2));
+    alloc::enter(&ctx, AllocKind::Realloc, size, args.get(0));
     0
 }
 
 /// posix_memalign(void **out, alignment, size).
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    alloc::enter(&ctx, AllocKind::PosixMemalign, arg(&ctx, 2), arg(&ctx, 0));
+    let args = Args::of(&ctx);
+    alloc::enter(&ctx, AllocKind::PosixMemalign, args.get(2), args.get(0));
     0
 }
 
@@ -82,7 +141,7 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
-    alloc::free(arg(&ctx, 0));
+    alloc::free(Args::of(&ctx).get(0));
     0
 }
 

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     report::{SiteView, human_bytes, site_table},
-    wire::{ApiError, Bucket, Health, Leaks, MemorySummary, Site, Status},
+    wire::{ApiError, Bucket, Health, Leaks, MemorySummary, ProbeSiteStatus, Site, Status},
 };
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +139,7 @@ fn status_text(status: &Status) -> String {
             target.object
         );
         let _ = writeln!(out, "  {:<8} probes: {}", "", target.probes);
+        probe_sites_text(&mut out, &target.probe_sites);
     }
     let _ = writeln!(
         out,
@@ -179,6 +180,28 @@ fn unwind_text(out: &mut String, unwind: &crate::unwind::UnwindStats) {
     if !unwind.truncated_sites.is_empty() {
         let listed: Vec<String> = unwind.truncated_sites.iter().map(|(reason, n)| format!("{reason}={n}")).collect();
         let _ = writeln!(out, "    sites with truncated stacks: {}", listed.join(", "));
+    }
+}
+
+/// How many probes are on emulated instructions, and each single-stepped one with its reason.
+fn probe_sites_text(out: &mut String, sites: &[ProbeSiteStatus]) {
+    let stepped: Vec<&ProbeSiteStatus> = sites.iter().filter(|s| !s.emulated).collect();
+    if stepped.is_empty() {
+        let _ = writeln!(out, "  {:<8} probe sites: all {} on instructions the kernel emulates", "", sites.len());
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  {:<8} probe sites: {} on instructions the kernel emulates; {} single-stepped, the expensive kind \
+         (every hit is stepped out of line, tens of µs instead of ~1):",
+        "",
+        sites.len() - stepped.len(),
+        stepped.len()
+    );
+    for site in stepped {
+        let object = site.object.rsplit('/').next().unwrap_or(&site.object);
+        let reason = site.reason.as_deref().unwrap_or("no reason recorded");
+        let _ = writeln!(out, "  {:<8}   single-stepped: {} in {object} at +{}: {reason}", "", site.function, site.offset);
     }
 }
 

@@ -70,8 +70,9 @@ pub struct AgentConfig {
     #[arg(long, env = "MEMMON_UNWIND_TABLE_MAX_MB", default_value_t = memmon_common::unwind::DEFAULT_TABLE_MAX_MB,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub unwind_table_max_mb: u32,
-    /// Move free-type probes past instructions the kernel would single-step, when provably
-    /// equivalent (false: probe every function at its entry).
+    /// Move each allocator function's probes past instructions the kernel would single-step, to
+    /// the first one it emulates, when provably equivalent (false: probe every function at its
+    /// entry).
     #[arg(long, env = "MEMMON_OPTIMIZE_PROBE_SITES", default_value_t = true, action = clap::ArgAction::Set)]
     pub optimize_probe_sites: bool,
     /// Directory for profiles (created 0700 if missing; must be writable).

@@ -11,7 +11,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, Map},
-    programs::{TracePoint, UProbe, uprobe::UProbeScope},
+    programs::{
+        TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
 };
 use memmon_common::{
     DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, LiveAlloc, LiveKey, Loss, ProcessMemory,
@@ -58,8 +61,8 @@ pub enum Programs {
 pub struct TracerOptions {
     pub capacity: Capacity,
     pub programs: Programs,
-    /// Move entry-only probes (free, delete) past instructions the kernel would single-step,
-    /// where provably equivalent (see `probe_site`).
+    /// Move each function's probes (entry and return) past instructions the kernel would
+    /// single-step, to the first one it emulates, where provably equivalent (see `probe_site`).
     pub optimize_probe_sites: bool,
     /// Kernel memory for unwind rows (`MEMMON_UNWIND_TABLE_MAX_MB`).
     pub unwind_table_max_mb: u32,
@@ -317,7 +320,10 @@ pub fn preflight(pids: &[u32]) -> Result<Vec<Process>> {
 
 fn attach_allocator(ebpf: &mut Ebpf, process: &Process, allocator: &Allocator, programs: Programs) -> Result<()> {
     let scope = UProbeScope::OneProcess(NonZeroU32::new(process.pid).expect("pid 0 rejected"));
-    // Returns first, then entries; see the ARMED map for why the order is harmless.
+    // Returns first, then entries; see the ARMED map for why the order is harmless. An
+    // allocating function's entry and return probes share its site, which may lie past the
+    // entry: the kernel takes the return address to hijack from [rsp] when the probe hits, and
+    // probe_site only moves past instructions that leave rsp and [rsp] alone.
     for returns in [true, false] {
         for object in &allocator.objects {
             let path = process.root_path(&object.path);
@@ -329,9 +335,13 @@ fn attach_allocator(ebpf: &mut Ebpf, process: &Process, allocator: &Allocator, p
                     (false, _, Programs::Tracking) => site.function.entry_program,
                     (false, _, Programs::Empty) => "empty_enter",
                 };
+                // An entry program finds arguments the skipped instructions moved through its
+                // cookie (ProbeSite::cookie); the others read none.
+                let cookie = (!returns && programs == Programs::Tracking && site.cookie() != 0).then(|| site.cookie());
+                let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(site.file_offset), cookie };
                 let probe: &mut UProbe = ebpf.program_mut(program).expect("loaded").try_into()?;
                 probe
-                    .attach(site.file_offset, &path, scope)
+                    .attach(point, &path, scope)
                     .map_err(|err| gone_hint(process, anyhow!(err)))
                     .with_context(|| {
                         format!("attaching {program} to {} in {} (pid {})", site.function.symbol, object.path, process.pid)

@@ -56,6 +56,34 @@ pub struct TargetStatus {
     pub object: String,
     /// What is probed, e.g. "libc.so.6: malloc, calloc, …, free+3".
     pub probes: String,
+    /// Where each probed function is probed, in probe order.
+    #[serde(default)]
+    pub probe_sites: Vec<ProbeSiteStatus>,
+    /// The functions whose probes the kernel single-steps: the expensive ones.
+    #[serde(default)]
+    pub single_stepped: Vec<String>,
+}
+
+/// Where one allocator function is probed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbeSiteStatus {
+    /// The symbol, e.g. "malloc" or "_Znwm".
+    pub function: String,
+    /// The object defining it, as the target maps it.
+    pub object: String,
+    /// Bytes past the function's entry (0: the entry).
+    pub offset: u64,
+    /// Whether the kernel emulates the probed instruction (about a microsecond per hit);
+    /// otherwise it single-steps it out of line (tens of microseconds on the VMs measured).
+    pub emulated: bool,
+    /// Whether a return probe shares the site (allocating functions).
+    pub returns: bool,
+    /// Why a single-stepped probe could not move to an emulated instruction.
+    pub reason: Option<String>,
+    /// Where the entry program reads each argument it decodes at the site, e.g. ["rdi"]; past
+    /// the entry an argument may have been copied to another register ("rsi").
+    #[serde(default)]
+    pub arguments: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -406,3 +406,65 @@ pub fn gdb_backtrace(binary: &Path, input: &str, after: &str, stop_at: &str) -> 
     assert!(frames.len() >= 2, "gdb gave no backtrace:\n{text}\n{}", String::from_utf8_lossy(&output.stderr));
     frames
 }
+
+/// Debian's `redis-server` (jemalloc) on a free loopback port, without persistence; killed when
+/// dropped. `cargo xtask setup` installs the package (with redis-tools' `redis-benchmark`).
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("/usr/bin/redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server; cargo xtask setup installs it)");
+        let server = Self { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !server.command("PING").is_ok_and(|reply| reply == "+PONG") {
+            assert!(std::time::Instant::now() < deadline, "redis-server on port {port} did not answer PING");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// One inline command; returns the first line of the reply (e.g. "+PONG", ":42").
+    pub fn command(&self, command: &str) -> std::io::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.write_all(format!("{command}\r\n").as_bytes())?;
+        let mut reply = Vec::new();
+        let mut byte = [0u8];
+        while !reply.ends_with(b"\r\n") && stream.read(&mut byte)? == 1 {
+            reply.push(byte[0]);
+        }
+        Ok(String::from_utf8_lossy(&reply).trim_end().to_string())
+    }
+
+    /// `redis-benchmark -p PORT -q ARGS`; returns its output (one "TEST: N requests per second"
+    /// line per test).
+    pub fn benchmark(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-benchmark")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+            .args(args)
+            .output()
+            .expect("redis-benchmark (Debian package redis-tools, which redis-server depends on)");
+        assert!(output.status.success(), "redis-benchmark failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -10,10 +10,12 @@ use anyhow::{Context as _, Result, bail};
 
 /// The eBPF build needs LLVM 22; the integration tests need compilers for their targets, the
 /// third-party allocators they run those targets under (LD_PRELOAD), Prometheus (promtool
-/// checks the agent's /metrics), Go (`go tool pprof` reads memmon's profiles), and headless
+/// checks the agent's /metrics), Go (`go tool pprof` reads memmon's profiles), headless
 /// Chromium, which draws `memmon report flamegraph`'s SVG to check its frames are there, with a
 /// font to lay out the frame labels in (chromium only recommends fonts-liberation, and recommended
-/// packages are not installed here), and gdb, whose backtraces are the oracle of the stack tests.
+/// packages are not installed here), gdb, whose backtraces are the oracle of the stack tests, and
+/// real programs from Debian that the tests attach to: python3.11 and redis-server (on jemalloc,
+/// whose probes must all be cheap; redis-tools brings redis-benchmark).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",

@@ -81,14 +81,23 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                 .targets()
                 .iter()
                 .map(|target| {
-                    format!(
+                    let mut line = format!(
                         "memmon: attached to pid {} ({}): {} allocator in {}; probing {}",
                         target.process.pid,
                         target.process.comm,
                         target.allocator.name,
                         target.allocator.object(),
                         target.allocator.describe()
-                    )
+                    );
+                    let stepped: Vec<&str> = target.allocator.single_stepped().map(|s| s.function.symbol).collect();
+                    if !stepped.is_empty() {
+                        line += &format!(
+                            "\nmemmon: pid {}: single-stepped probes (the expensive kind; `memmon status` says why): {}",
+                            target.process.pid,
+                            stepped.join(", ")
+                        );
+                    }
+                    line
                 })
                 .collect::<Vec<_>>()
         })

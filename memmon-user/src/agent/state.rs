@@ -12,6 +12,7 @@ mod profiling;
 pub use profiling::Refusal;
 
 use crate::{
+    allocator::Allocator,
     config::AgentConfig,
     leaks::{CheckInput, Detector, SitePoint},
     process::MemoryStatus,
@@ -217,6 +218,8 @@ impl Agent {
                 allocator: t.allocator.name.to_string(),
                 object: t.allocator.object().to_string(),
                 probes: t.allocator.describe(),
+                probe_sites: probe_sites(&t.allocator),
+                single_stepped: t.allocator.single_stepped().map(|s| s.function.symbol.to_string()).collect(),
             })
             .collect();
         wire::Status {
@@ -416,6 +419,22 @@ impl Agent {
 /// The serde name of a unit enum variant ("critical", "site_growth").
 fn serde_plain<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// Where each of an allocator's functions is probed, for `status`.
+fn probe_sites(allocator: &Allocator) -> Vec<wire::ProbeSiteStatus> {
+    let sites = allocator.objects.iter().flat_map(|object| object.sites.iter().map(move |site| (object, site)));
+    sites
+        .map(|(object, site)| wire::ProbeSiteStatus {
+            function: site.function.symbol.to_string(),
+            object: object.path.clone(),
+            offset: site.moved_by,
+            emulated: site.emulated,
+            returns: site.function.returns_allocation,
+            reason: site.kept.as_ref().map(ToString::to_string),
+            arguments: site.argument_registers().iter().map(|r| format!("{r:?}").to_lowercase()).collect(),
+        })
+        .collect()
 }
 
 fn severity_rank(severity: &str) -> u8 {

@@ -1,0 +1,56 @@
+//! Debian's redis-server, which runs on jemalloc: memmon must probe it only where the kernel
+//! emulates the probed instruction (single-stepping cost it 96% of its throughput) and stay
+//! exact about what it cannot see.
+
+use memmon::{
+    allocator::Allocator,
+    process::Process,
+    tracer::{Tracer, TracerOptions},
+};
+use memmon_tests::{Agent, RedisServer, require_root};
+
+#[test]
+fn no_probed_jemalloc_function_is_single_stepped() {
+    require_root();
+    let redis = RedisServer::start();
+    let allocator = Allocator::find(&Process::open(redis.pid()).unwrap(), true).unwrap();
+    assert_eq!(allocator.name, "jemalloc", "{allocator:?}");
+    let stepped: Vec<_> = allocator.single_stepped().collect();
+    assert!(stepped.is_empty(), "single-stepped: {stepped:#?}");
+    // The hot pair sits past its entry (jemalloc's malloc and free start with instructions the
+    // kernel would single-step), and the allocating functions have their return probes there.
+    let sites = &allocator.objects[0].sites;
+    for symbol in ["malloc", "free"] {
+        let site = sites.iter().find(|s| s.function.symbol == symbol).unwrap();
+        assert!(site.moved_by > 0 && site.emulated, "{site:?}");
+    }
+    // The agent says the same in `status`.
+    let agent = Agent::start(redis.pid(), &[]);
+    let status = agent.json("status");
+    let target = &status["targets"][0];
+    assert_eq!(target["allocator"], "jemalloc", "{status:#}");
+    assert_eq!(target["single_stepped"], serde_json::json!([]), "{status:#}");
+    let probed = target["probe_sites"].as_array().unwrap();
+    assert_eq!(probed.len(), sites.len(), "{status:#}");
+    assert!(probed.iter().all(|s| s["emulated"] == true), "{status:#}");
+}
+
+#[test]
+fn redis_benchmark_sets_are_counted_without_losses() {
+    require_root();
+    let redis = RedisServer::start();
+    let mut tracer = Tracer::attach(&[redis.pid()], TracerOptions::default()).unwrap();
+    const REQUESTS: u64 = 5_000;
+    let output = redis.benchmark(&["-t", "set", "-n", &REQUESTS.to_string(), "-r", "100000"]);
+    assert!(output.contains("SET: "), "{output}");
+    let keys: u64 = redis.command("DBSIZE").unwrap().trim_start_matches(':').parse().unwrap();
+    assert!(keys > REQUESTS * 9 / 10, "{keys} keys from {REQUESTS} SETs of random keys");
+    let snapshot = tracer.snapshot().unwrap();
+    let allocations: u64 = snapshot.sites.iter().map(|s| s.stats.alloc_count).sum();
+    let live: u64 = snapshot.sites.iter().map(|s| s.live_count()).sum();
+    assert!(allocations >= REQUESTS, "{allocations} allocations for {REQUESTS} SETs");
+    // Every key created since attach holds blocks allocated since attach: at least its key's
+    // string and its value object (and its dict entry).
+    assert!(live >= 2 * keys, "{live} live blocks for {keys} keys");
+    assert_eq!(snapshot.total_losses(), 0, "{:?}", snapshot.losses);
+}
