@@ -45,7 +45,11 @@ fn assert_no_garbage_frames(snapshot: &Snapshot, symbolizer: &mut Symbolizer) {
 fn glibc_paths_match_gdb_frame_for_frame() {
     let (snapshot, mut symbolizer) = matches_gdb(
         "unwind-nofp",
-        &[("strdup", "copy_name", "malloc"), ("fopen", "open_config", "malloc"), ("getline", "leak_via_getline", "malloc")],
+        &[
+            ("strdup", "copy_name", "malloc"),
+            ("fopen", "open_config", "malloc"),
+            ("getline", "leak_via_getline", "malloc"),
+        ],
     );
     let strdup = site_through(&snapshot, &mut symbolizer, "copy_name");
     assert_eq!((strdup.live_bytes(), strdup.live_count()), (330, 10));
@@ -53,7 +57,7 @@ fn glibc_paths_match_gdb_frame_for_frame() {
 
 /// Runs `phases` of `target` under memmon (address randomization off), then checks that each
 /// (phase, function, stop_at) site's stack equals gdb's machine frames at `stop_at` after
-/// `function` is entered, and that it is complete down to `main`.
+/// `function` is entered, and that it is complete down to `main` (or `start_thread`).
 fn matches_gdb(target_name: &str, phases: &[(&str, &str, &str)]) -> (Snapshot, Symbolizer) {
     require_root();
     let binary = build_target(target_name);
@@ -77,7 +81,8 @@ fn matches_gdb(target_name: &str, phases: &[(&str, &str, &str)]) -> (Snapshot, S
         };
         let names = names(&mut symbolizer, site);
         assert_eq!(site.truncated, Truncation::Complete, "{phase}: {names:?}");
-        assert!(names.iter().any(|n| n == "main"), "{phase}: {names:?}");
+        // Down to main, or for a thread to the start of the thread.
+        assert!(names.iter().any(|n| n == "main" || n == "start_thread"), "{phase}: {names:?}");
     }
     assert_no_garbage_frames(&snapshot, &mut symbolizer);
     assert_eq!(snapshot.total_losses(), 0, "{:?}", snapshot.losses);
@@ -99,8 +104,12 @@ fn libstdcxx_paths_match_gdb_frame_for_frame() {
 
 #[test]
 fn rust_release_paths_match_gdb_frame_for_frame() {
-    let (snapshot, mut symbolizer) =
-        matches_gdb("rust_leak-nofp", &[("leak", "rust_leak::rust_leak_boxes", "malloc")]);
+    let (snapshot, mut symbolizer) = matches_gdb(
+        "rust_leak-nofp",
+        &[("leak", "rust_leak::rust_leak_boxes", "malloc"), ("string", "rust_leak::rust_leak_string", "malloc")],
+    );
+    let string = site_through(&snapshot, &mut symbolizer, "rust_leak::rust_leak_string");
+    assert_eq!((string.live_bytes(), string.live_count()), (300, 1));
     let mut through: Vec<(u64, u64)> = Vec::new();
     for site in &snapshot.sites {
         if symbolizer.frames(site.pid, &site.frames).iter().any(|f| f.function == "rust_leak::rust_leak_boxes") {
@@ -109,6 +118,17 @@ fn rust_release_paths_match_gdb_frame_for_frame() {
     }
     through.sort_unstable();
     assert_eq!(through, [(1, 3000), (20, 10_240)], "the 20 boxes share one stack, the Vec another");
+}
+
+#[test]
+fn a_threads_stack_matches_gdb_and_ends_where_the_thread_does() {
+    let (snapshot, mut symbolizer) = matches_gdb("unwind-nofp", &[("thread", "leak_in_thread", "malloc")]);
+    let site = site_through(&snapshot, &mut symbolizer, "leak_in_thread");
+    assert_eq!((site.live_bytes(), site.live_count()), (4321, 1));
+    let names = names(&mut symbolizer, site);
+    assert_eq!(&names[..2], ["leak_in_thread", "thread_body"], "{names:?}");
+    assert!(names.iter().any(|n| n == "start_thread"), "{names:?}");
+    assert!(!names.iter().any(|n| n == "main"), "a thread's own stack: {names:?}");
 }
 
 #[test]

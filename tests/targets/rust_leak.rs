@@ -3,6 +3,7 @@
 //!   leak   rust_leak_boxes: 20 x Box<[u8; 512]> and one Vec::with_capacity(3000), kept:
 //!          13240 live in 21 blocks
 //!   churn  rust_churn: a Vec grown by pushes and a String, dropped: 0 live
+//!   string rust_leak_string: a 300-byte String, kept: 300 live in 1 block
 use std::io::{BufRead, Write};
 
 #[inline(never)]
@@ -13,6 +14,12 @@ fn rust_leak_boxes(kept: &mut Vec<Box<[u8]>>) {
     let mut vec: Vec<u8> = Vec::with_capacity(3000);
     vec.push(1);
     std::mem::forget(std::hint::black_box(vec));
+}
+
+#[inline(never)]
+fn rust_leak_string() {
+    let text = "memmon".repeat(50);
+    std::mem::forget(std::hint::black_box(text));
 }
 
 #[inline(never)]
@@ -42,6 +49,7 @@ fn main() {
         match line.trim() {
             "leak" => rust_leak_boxes(&mut kept),
             "churn" => rust_churn(),
+            "string" => rust_leak_string(),
             "exit" => return,
             _ => {}
         }

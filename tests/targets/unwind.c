@@ -11,7 +11,10 @@
  *            the walk must stop at the page, truncated
  *   corrupt  corrupt_and_alloc → malloc(555) with its own return address overwritten by
  *            ASCII bytes: truncated, never a garbage frame
+ *   thread   a new thread: start_thread → thread_body → leak_in_thread → malloc(4321), kept; its
+ *            stack ends where the thread's does (clone3)
  */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,6 +97,22 @@ __attribute__((noinline, optimize("no-omit-frame-pointer"))) void *corrupt_and_a
     return p;
 }
 
+__attribute__((noinline)) void leak_in_thread(void)
+{
+    char *p = malloc(4321);
+    memset(p, 4, 4321);
+    keep(p);
+    __asm__ volatile("" ::: "memory");
+}
+
+__attribute__((noinline)) void *thread_body(void *unused)
+{
+    (void)unused;
+    leak_in_thread();
+    __asm__ volatile("" ::: "memory");
+    return NULL;
+}
+
 __attribute__((noinline)) static void run_phase(const char *phase)
 {
     if (!strcmp(phase, "strdup"))
@@ -108,6 +127,11 @@ __attribute__((noinline)) static void run_phase(const char *phase)
         call_through_jit();
     else if (!strcmp(phase, "corrupt"))
         keep(corrupt_and_alloc(555));
+    else if (!strcmp(phase, "thread")) {
+        pthread_t thread;
+        pthread_create(&thread, NULL, thread_body, NULL);
+        pthread_join(thread, NULL);
+    }
 }
 
 int main(void)
