@@ -161,8 +161,9 @@ impl Truncation {
 /// The tables the kernel walks stacks with: compact CFI rows compiled by userspace
 /// (`memmon-user/src/unwind/`) and walked by `memmon-ebpf/src/unwind.rs`.
 pub mod unwind {
-    /// Rows are indexed by 4 KiB page of code so that a lookup is a short binary search.
-    pub const PAGE_SHIFT: u32 = 12;
+    /// Rows are indexed by 256-byte "page" of code: a page holds one to a few rows, so a
+    /// lookup is one index read and a binary search of a step or two.
+    pub const PAGE_SHIFT: u32 = 8;
     /// Executable file mappings per process the walker knows (a large Python process with many
     /// extension modules maps a few hundred).
     pub const MAX_EXEC_MAPPINGS: u32 = 1024;
@@ -172,12 +173,21 @@ pub mod unwind {
     pub const MAX_OBJECTS: u32 = 8192;
     /// `ExecMapping::object` of a mapping whose object has no table.
     pub const NO_OBJECT: u32 = u32::MAX;
-    /// Default size of the row table (`MEMMON_UNWIND_TABLE_MAX_MB`).
+    /// Default kernel memory for rows and page index together (`MEMMON_UNWIND_TABLE_MAX_MB`).
     pub const DEFAULT_TABLE_MAX_MB: u32 = 64;
-    /// Binary-search steps that cover any page's rows (a page holds at most 4096 rows, one a
-    /// byte) and any process' mappings.
-    pub const ROW_SEARCH_STEPS: u32 = 13;
+    /// Binary-search steps that cover any page's rows (a page holds at most 257 candidates:
+    /// one a byte, and the row in effect at its start) and any process' mappings.
+    pub const ROW_SEARCH_STEPS: u32 = 9;
     pub const MAPPING_SEARCH_STEPS: u32 = 11;
+
+    /// (rows, pages) the kernel arrays hold for `max_mb` MiB: two thirds for rows, a third for
+    /// the page index (real objects have about five rows per 256-byte page, so pages run out
+    /// well after rows).
+    pub const fn capacities(max_mb: u32) -> (u32, u32) {
+        let mb = if max_mb == 0 { 1 } else { max_mb };
+        let rows = mb * ((1 << 20) / 8) / 3 * 2;
+        (rows, rows / 2)
+    }
 
     /// How to find the caller's frame at an address.
     pub mod kind {

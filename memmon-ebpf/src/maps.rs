@@ -14,7 +14,7 @@ use memmon_common::{
 
 /// `BPF_F_MMAPABLE`: userspace writes the unwind tables in place through a shared mapping.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
-const DEFAULT_UNWIND_ROWS: u32 = DEFAULT_TABLE_MAX_MB * (1 << 20) / core::mem::size_of::<Row>() as u32;
+const DEFAULT_UNWIND: (u32, u32) = memmon_common::unwind::capacities(DEFAULT_TABLE_MAX_MB);
 
 /// Allocator calls in flight: one slot per thread (`pid_tgid`), reused call after call; a
 /// slot with `entry_sp == 0` is idle. Only its own thread touches a slot. LRU, so the slots of
@@ -78,11 +78,11 @@ pub static SIZE_HISTOGRAM: Array<u64> = Array::with_max_entries(SIZE_HISTOGRAM_E
 /// CFI rows of every loaded object, each object's rows contiguous and sorted. Resized at load
 /// (`MEMMON_UNWIND_TABLE_MAX_MB`).
 #[map]
-pub static UNWIND_ROWS: Array<Row> = Array::with_max_entries(DEFAULT_UNWIND_ROWS, BPF_F_MMAPABLE);
+pub static UNWIND_ROWS: Array<Row> = Array::with_max_entries(DEFAULT_UNWIND.0, BPF_F_MMAPABLE);
 
 /// Per-object page indexes into UNWIND_ROWS (see `unwind::Object`). Resized at load.
 #[map]
-pub static UNWIND_PAGES: Array<PageRows> = Array::with_max_entries(DEFAULT_UNWIND_ROWS / 8, BPF_F_MMAPABLE);
+pub static UNWIND_PAGES: Array<PageRows> = Array::with_max_entries(DEFAULT_UNWIND.1, BPF_F_MMAPABLE);
 
 /// Where each loaded object's rows and pages are.
 #[map]

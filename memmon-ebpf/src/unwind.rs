@@ -3,7 +3,7 @@
 //!
 //! Each step finds the executable file mapping the frame's address lies in (binary search over
 //! the process' sorted mappings), its object's row for the address (the object's page index
-//! narrows it to the rows of one 4 KiB page, then a binary search), and from the row the
+//! narrows it to the rows of one 256-byte page, then a binary search of a step or two), and from the row the
 //! canonical frame address (CFA): the caller's stack pointer. The return address is at CFA - 8
 //! and the caller's rbp, when this frame saved it, at a fixed offset from the CFA.
 //!

@@ -23,7 +23,7 @@ pub struct CompiledTable {
     /// ELF virtual address that `rows[].pc` count from (page aligned).
     pub base: u64,
     pub rows: Vec<Row>,
-    /// Per 4 KiB page from `base`: the first and last row index a lookup in the page may need.
+    /// Per 256-byte page of code from `base`: the first and last row index a lookup in the page may need.
     pub pages: Vec<PageRows>,
     /// FDE rows whose rules the walker cannot follow (kept as UNSUPPORTED rows).
     pub unsupported_rows: usize,

@@ -28,15 +28,7 @@ use super::{
     ranges::Ranges,
 };
 
-/// Rows per MiB of `MEMMON_UNWIND_TABLE_MAX_MB`; the page index is sized at 1/16 of the rows.
-pub const ROWS_PER_MB: u32 = (1 << 20) / std::mem::size_of::<Row>() as u32;
-
-/// Capacities of the kernel arrays for a table budget of `max_mb` MiB (what the loader sizes
-/// the maps to): (rows, pages).
-pub fn capacities(max_mb: u32) -> (u32, u32) {
-    let rows = max_mb.max(1).saturating_mul(ROWS_PER_MB);
-    (rows, (rows / 16).max(1024))
-}
+pub use memmon_common::unwind::capacities;
 
 /// Figures for `status` and `/metrics`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -394,7 +386,8 @@ impl UnwindTables {
 
     pub fn stats(&self) -> UnwindStats {
         let mut stats = UnwindStats {
-            capacity_bytes: self.row_space.capacity() as u64 * std::mem::size_of::<Row>() as u64,
+            capacity_bytes: (self.row_space.capacity() as u64 + self.page_space.capacity() as u64)
+                * std::mem::size_of::<Row>() as u64,
             dropped_objects: self.dropped_objects,
             dropped_mappings: self.dropped_mappings,
             ..UnwindStats::default()
