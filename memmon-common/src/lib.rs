@@ -407,6 +407,62 @@ impl Loss {
     }
 }
 
+/// CPython frames in stacks (`memmon-ebpf/src/python.rs`, `memmon-user/src/python/`).
+///
+/// A Python frame takes two slots of `StackTrace::ips`: `FRAME_TAG | code object address`, then
+/// `identity << 32 | instruction offset` (in code units). The identity folds the code object's
+/// name, file, line-table pointers and first line, so that a code object freed and another
+/// allocated at its address make a different frame, and so a different site.
+pub mod python {
+    /// Marks the first slot of a Python frame (user addresses never have the top bit set).
+    pub const FRAME_TAG: u64 = 1 << 63;
+
+    /// CPython 3.11 on x86-64 (the same in 3.11.2 as built by Debian and 3.11.7 by pyenv):
+    /// where the walker reads the thread's frames.
+    pub mod v3_11 {
+        pub const TSTATE_CFRAME: u64 = 56;
+        pub const TSTATE_NATIVE_THREAD_ID: u64 = 160;
+        pub const CFRAME_CURRENT_FRAME: u64 = 8;
+        /// `_PyInterpreterFrame`: f_code at 32, previous 48, prev_instr 56, is_entry 68, owner 69.
+        pub const FRAME_CODE: u64 = 32;
+        pub const FRAME_READ_BYTES: usize = 40;
+        pub const FRAME_OWNED_BY_GENERATOR: u8 = 1;
+        /// `PyCodeObject`: co_firstlineno at 72, co_filename 112, co_name 120, co_qualname 128,
+        /// co_linetable 136, _co_firsttraceable 168, co_code_adaptive 184.
+        pub const CODE_FIRSTLINENO: u64 = 72;
+        pub const CODE_READ_BYTES: usize = 104;
+        pub const CODE_FILENAME: u64 = 112;
+        pub const CODE_QUALNAME: u64 = 128;
+        pub const CODE_LINETABLE: u64 = 136;
+        pub const CODE_FIRSTTRACEABLE: u64 = 168;
+        pub const CODE_ADAPTIVE: u64 = 184;
+        /// `_PyRuntime.gilstate.tstate_current`: the thread state holding the GIL.
+        pub const RUNTIME_TSTATE_CURRENT: u64 = 0x240;
+    }
+
+    /// A CPython process the walker interleaves Python frames for (tgid → this).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct PythonProcess {
+        /// Address of `_PyRuntime.gilstate.tstate_current`.
+        pub tstate_current: u64,
+        /// `_PyEval_EvalFrameDefault`: native frames in it are replaced by the Python frames
+        /// that invocation runs.
+        pub eval_start: u64,
+        pub eval_end: u64,
+        /// `Py_Version` (0x030b02f0 for 3.11.2).
+        pub version: u32,
+        pub _pad: u32,
+    }
+
+    /// The identity folded into a frame's second slot (see the module docs).
+    #[inline(always)]
+    pub const fn identity(qualname: u64, filename: u64, linetable: u64, first_line: u32) -> u32 {
+        let mixed = qualname ^ filename.rotate_left(21) ^ linetable.rotate_left(42) ^ first_line as u64;
+        (mixed ^ (mixed >> 32)) as u32
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -423,6 +479,7 @@ mod pod {
     unsafe impl aya::Pod for unwind::PageRows {}
     unsafe impl aya::Pod for unwind::ExecMapping {}
     unsafe impl aya::Pod for unwind::MappingRange {}
+    unsafe impl aya::Pod for python::PythonProcess {}
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod counters;
 mod maps;
 mod stack;
 mod syscalls;
+mod python;
 mod unwind;
 
 use aya_ebpf::{

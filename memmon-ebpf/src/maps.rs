@@ -9,6 +9,7 @@ use memmon_common::{
     DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, LOSS_REASONS, LiveAlloc, LiveKey,
     MAX_MAPPINGS, MAX_PENDING_CALLS, MAX_TARGETS, PendingCall, PendingSyscall, ProcessMemory,
     SIZE_HISTOGRAM_ENTRIES, SiteStats, StackTrace,
+    python::PythonProcess,
     unwind::{DEFAULT_TABLE_MAX_MB, ExecMapping, MAPPING_TABLE_ENTRIES, MAX_OBJECTS, MappingRange, Object, PageRows, Row},
 };
 
@@ -98,6 +99,10 @@ pub static EXEC_MAPPINGS: Array<ExecMapping> = Array::with_max_entries(MAPPING_T
 /// Where each target's mappings are in EXEC_MAPPINGS (tgid → range).
 #[map]
 pub static TARGET_MAPPINGS: HashMap<u32, MappingRange> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// CPython targets: where their thread states are and which native frames are eval loops.
+#[map]
+pub static PYTHON_TARGETS: HashMap<u32, PythonProcess> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
 /// Removes the block at `addr` of process `tgid` from a block table (LIVE or MAPPINGS) and
 /// returns it; `None` if untracked, or taken meanwhile by another CPU.

@@ -18,15 +18,17 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_loop};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_loop};
 use memmon_common::{
     MAX_STACK_DEPTH, StackTrace, Truncation,
+    python::PythonProcess,
     unwind::{
         ExecMapping, MAPPING_SEARCH_STEPS, MappingRange, NO_OBJECT, Object, PAGE_SHIFT, RBP_LOST, RBP_UNCHANGED,
         ROW_SEARCH_STEPS, Row, kind,
     },
 };
 
+use crate::python;
 use crate::maps::{EXEC_MAPPINGS, TARGET_MAPPINGS, UNWIND_OBJECTS, UNWIND_PAGES, UNWIND_ROWS};
 
 /// The user registers a walk starts from.
@@ -51,6 +53,13 @@ struct Walk {
     /// and a range check is cheaper than the search.
     last_mapping: ExecMapping,
     last_object: Object,
+    python: PythonProcess,
+    /// The thread's next Python frame (0: none, or not a Python thread).
+    python_frame: u64,
+    /// Emitting the Python frames of the eval-loop frame at `pc`.
+    in_python: bool,
+    /// The eval-loop frame at `pc` has had its Python frames emitted: unwind it natively.
+    python_done: bool,
 }
 
 /// Walks the stack of process `tgid` from `regs` into `stack` (`ips`, `depth`, `truncated`).
@@ -61,6 +70,7 @@ pub fn walk(stack: &mut StackTrace, regs: UserRegs, tgid: u32) {
         stack.truncated = Truncation::NoProcessMap as u32;
         return;
     };
+    let (python, python_frame) = python::start(tgid, bpf_get_current_pid_tgid() as u32);
     let mut walk = Walk {
         stack,
         mappings,
@@ -71,6 +81,10 @@ pub fn walk(stack: &mut StackTrace, regs: UserRegs, tgid: u32) {
         truncated: Truncation::DepthLimit,
         last_mapping: ExecMapping { start: 0, end: 0, bias: 0, object: NO_OBJECT, _pad: 0 },
         last_object: Object { base: 0, rows_start: 0, row_count: 0, pages_start: 0, page_count: 0 },
+        python,
+        python_frame,
+        in_python: false,
+        python_done: false,
     };
     // SAFETY: `step` has the callback signature bpf_loop expects; `walk` outlives the call.
     unsafe {
@@ -95,6 +109,10 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
 #[inline(always)]
 fn step_frame(walk: &mut Walk) -> Result<(), Truncation> {
     let stack = unsafe { &mut *walk.stack };
+    if walk.in_python {
+        python_step(walk, stack);
+        return Ok(());
+    }
     let depth = stack.depth as usize;
     if !(walk.last_mapping.start <= walk.pc && walk.pc < walk.last_mapping.end) {
         walk.last_mapping = find_mapping(walk.mappings, walk.pc).ok_or(Truncation::OutsideObjects)?;
@@ -103,9 +121,20 @@ fn step_frame(walk: &mut Walk) -> Result<(), Truncation> {
             None => Object { base: 0, rows_start: 0, row_count: 0, pages_start: 0, page_count: 0 },
         };
     }
-    let Some(slot) = stack.ips.get_mut(depth) else { return Err(Truncation::DepthLimit) };
-    *slot = walk.pc;
-    stack.depth += 1;
+    let in_eval = walk.python_frame != 0 && walk.python.eval_start <= walk.pc && walk.pc < walk.python.eval_end;
+    if in_eval && !walk.python_done {
+        // This native frame stands for the Python frames it runs: those go in its place.
+        walk.in_python = true;
+        python_step(walk, stack);
+        return Ok(());
+    }
+    let replaced = walk.python_done;
+    walk.python_done = false;
+    if !replaced {
+        let Some(slot) = stack.ips.get_mut(depth) else { return Err(Truncation::DepthLimit) };
+        *slot = walk.pc;
+        stack.depth += 1;
+    }
     // A return address points after its call, which may be the last instruction of the
     // function: the row in effect is the call's.
     let row = find_row(&walk.last_object, walk.pc - 1 - walk.last_mapping.bias).ok_or(Truncation::NoUnwindInfo)?;
@@ -153,6 +182,14 @@ const RBP_SAVED_BELOW_RETURN: i8 = -2;
 #[inline(always)]
 fn read_user_pair(address: u64) -> Result<[u64; 2], Truncation> {
     unsafe { bpf_probe_read_user(address as *const [u64; 2]) }.map_err(|_| Truncation::StackReadFailed)
+}
+
+#[inline(always)]
+fn python_step(walk: &mut Walk, stack: &mut StackTrace) {
+    if let python::Step::Done = python::step(stack, &mut walk.python_frame) {
+        walk.in_python = false;
+        walk.python_done = true;
+    }
 }
 
 #[inline(always)]

@@ -140,6 +140,9 @@ fn status_text(status: &Status) -> String {
         );
         let _ = writeln!(out, "  {:<8} probes: {}", "", target.probes);
         probe_sites_text(&mut out, &target.probe_sites);
+        if let Some(python) = &target.python {
+            let _ = writeln!(out, "  {:<8} python: {python}", "");
+        }
     }
     let _ = writeln!(
         out,

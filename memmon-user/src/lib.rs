@@ -10,6 +10,7 @@ pub mod config;
 pub mod leaks;
 pub mod probe_site;
 pub mod profiles;
+pub mod python;
 pub mod process;
 pub mod report;
 pub mod snapshot;

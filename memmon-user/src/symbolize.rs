@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use memmon_common::Truncation;
+use memmon_common::{Truncation, python::FRAME_TAG};
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer as Blazesym,
     source::{Elf, Source},
@@ -87,6 +87,9 @@ pub struct Symbolizer {
     maps: HashMap<u32, Vec<Mapping>>,
     cache: HashMap<(u32, u64), Frame>,
     build_ids: HashMap<PathBuf, Option<String>>,
+    /// Code objects of Python frames: (pid, address, identity) → what it was, or None if it was
+    /// gone or replaced when first looked up.
+    python_code: HashMap<(u32, u64, Option<u32>), Option<crate::python::code::CodeInfo>>,
     /// Executable segments per object, to name unsymbolized frames by ELF address.
     segments: HashMap<PathBuf, Vec<(u64, u64, u64)>>,
     pub hits: u64,
@@ -101,7 +104,7 @@ impl Default for Symbolizer {
 
 impl Symbolizer {
     pub fn new() -> Self {
-        Self { blazesym: Blazesym::new(), maps: HashMap::new(), cache: HashMap::new(), build_ids: HashMap::new(), segments: HashMap::new(), hits: 0, misses: 0 }
+        Self { blazesym: Blazesym::new(), maps: HashMap::new(), cache: HashMap::new(), build_ids: HashMap::new(), segments: HashMap::new(), python_code: HashMap::new(), hits: 0, misses: 0 }
     }
 
     /// Reads the process' current memory map; kept if the process has already exited.
@@ -116,7 +119,25 @@ impl Symbolizer {
     }
 
     /// Symbolizes a stack of return addresses captured in `pid`.
+    /// Python frames (two slots each, see `memmon_common::python`) are named from the
+    /// process' code objects.
     pub fn frames(&mut self, pid: u32, addresses: &[u64]) -> Vec<Frame> {
+        let native = native_slots(addresses);
+        self.resolve_native(pid, &native);
+        let mut frames = Vec::with_capacity(addresses.len());
+        let mut slots = addresses.iter().copied();
+        while let Some(slot) = slots.next() {
+            if slot & FRAME_TAG != 0 {
+                let detail = slots.next();
+                frames.push(self.python_frame(pid, slot & !FRAME_TAG, detail));
+            } else {
+                frames.push(self.cache[&(pid, slot)].clone());
+            }
+        }
+        frames
+    }
+
+    fn resolve_native(&mut self, pid: u32, addresses: &[u64]) {
         let missing: Vec<u64> =
             addresses.iter().copied().filter(|&a| !self.cache.contains_key(&(pid, a))).collect();
         self.hits += (addresses.len() - missing.len()) as u64;
@@ -127,7 +148,40 @@ impl Symbolizer {
             }
             self.resolve(pid, &missing);
         }
-        addresses.iter().map(|a| self.cache[&(pid, *a)].clone()).collect()
+    }
+
+    /// The Python frame of code object `code` at the instruction and identity in `detail`.
+    /// A code object is read once per (pid, address, identity); if the object at that address
+    /// is no longer the one the kernel saw (freed, address reused), the frame says so rather
+    /// than borrowing the newcomer's name.
+    fn python_frame(&mut self, pid: u32, code: u64, detail: Option<u64>) -> Frame {
+        let identity = detail.map(|d| (d >> 32) as u32);
+        let offset = detail.map(|d| d as u32);
+        let key = (pid, code, identity);
+        if !self.python_code.contains_key(&key) {
+            let info = fs::File::open(format!("/proc/{pid}/mem"))
+                .ok()
+                .and_then(|memory| crate::python::code::read(&memory, code).ok())
+                .filter(|info| identity.is_none_or(|id| id == info.identity));
+            self.python_code.insert(key, info);
+        }
+        let address = FRAME_TAG | code.wrapping_add(2 * offset.unwrap_or(0) as u64);
+        match &self.python_code[&key] {
+            Some(info) => Frame {
+                function: info.qualname.clone(),
+                module: info.filename.clone(),
+                file: Some(info.filename.clone()),
+                line: offset.and_then(|offset| info.line(offset)),
+                address,
+            },
+            None => Frame {
+                function: "[python code object gone]".into(),
+                module: "python".into(),
+                file: None,
+                line: None,
+                address,
+            },
+        }
     }
 
     /// A site's frames for display: symbolized, with the truncation frame last when its walk
@@ -218,6 +272,20 @@ impl Symbolizer {
             segments.iter().find(|&&(offset, size, _)| offset <= file_offset && file_offset < offset + size)?;
         Some(file_offset - offset + address)
     }
+}
+
+/// The native return addresses of a stack (Python frames' two slots left out).
+fn native_slots(addresses: &[u64]) -> Vec<u64> {
+    let mut native = Vec::with_capacity(addresses.len());
+    let mut slots = addresses.iter().copied();
+    while let Some(slot) = slots.next() {
+        if slot & FRAME_TAG != 0 {
+            slots.next();
+        } else {
+            native.push(slot);
+        }
+    }
+    native
 }
 
 fn parse_maps(pid: u32, maps: &str) -> Vec<Mapping> {

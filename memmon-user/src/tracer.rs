@@ -18,7 +18,7 @@ use aya::{
 };
 use memmon_common::{
     DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, LiveAlloc, LiveKey, Loss, ProcessMemory,
-    SiteStats, StackTrace, Truncation, unwind::DEFAULT_TABLE_MAX_MB,
+    SiteStats, StackTrace, Truncation, python::PythonProcess, unwind::DEFAULT_TABLE_MAX_MB,
 };
 
 use crate::{
@@ -27,6 +27,7 @@ use crate::{
     process::HeapExtent,
     profiles::session::LiveBlock,
     snapshot::{ProcessSample, SiteSample, Snapshot},
+    python::Interpreter,
     unwind::{UnwindStats, UnwindTables},
 };
 
@@ -86,6 +87,8 @@ pub struct Target {
     pub allocator: Allocator,
     /// The [heap] segment when memmon attached; the kernel reports the break after the next brk.
     pub heap_at_attach: HeapExtent,
+    /// Its Python interpreter, if any (Python frames are walked for CPython 3.11).
+    pub python: Interpreter,
 }
 
 /// Attached probes and their maps. Dropping it detaches everything.
@@ -147,9 +150,18 @@ impl Tracer {
                 .sync_process(process.pid)
                 .map_err(|err| gone_hint(&process, err))
                 .with_context(|| format!("building unwind tables for pid {}", process.pid))?;
+            let python = crate::python::detect(process.pid).unwrap_or_else(|err| {
+                log::warn!("pid {}: looking for a Python interpreter failed: {err:#}", process.pid);
+                Interpreter::None
+            });
+            if let Interpreter::Walked { process: interpreter, .. } = &python {
+                let mut table: BpfHashMap<_, u32, PythonProcess> =
+                    BpfHashMap::try_from(ebpf.map_mut("PYTHON_TARGETS").context("PYTHON_TARGETS map")?)?;
+                table.insert(process.pid, *interpreter, 0)?;
+            }
             let heap_at_attach = process.heap_extent();
             attach_allocator(&mut ebpf, &process, &allocator, options.programs)?;
-            targets.push(Target { process, allocator, heap_at_attach });
+            targets.push(Target { process, allocator, heap_at_attach, python });
         }
         if options.programs == Programs::Tracking {
             attach_memory_syscalls(&mut ebpf)?;

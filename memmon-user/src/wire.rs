@@ -62,6 +62,9 @@ pub struct TargetStatus {
     /// The functions whose probes the kernel single-steps: the expensive ones.
     #[serde(default)]
     pub single_stepped: Vec<String>,
+    /// The process' Python interpreter and whether its frames are walked, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<String>,
 }
 
 /// Where one allocator function is probed.

@@ -220,6 +220,7 @@ impl Agent {
                 probes: t.allocator.describe(),
                 probe_sites: probe_sites(&t.allocator),
                 single_stepped: t.allocator.single_stepped().map(|s| s.function.symbol.to_string()).collect(),
+                python: t.python.describe(),
             })
             .collect();
         wire::Status {
