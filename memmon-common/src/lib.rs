@@ -411,8 +411,10 @@ impl Loss {
 ///
 /// A Python frame takes two slots of `StackTrace::ips`: `FRAME_TAG | code object address`, then
 /// `identity << 32 | instruction offset` (in code units). The identity folds the code object's
-/// name, file, line-table pointers and first line, so that a code object freed and another
-/// allocated at its address make a different frame, and so a different site.
+/// qualified name — its string's hash, the content, as well as its address —, file and
+/// line-table pointers and first line, so that a code object freed and another allocated at its
+/// address make a different frame, and so a different site, even when the new one's strings
+/// reuse the old ones' memory too.
 pub mod python {
     /// Marks the first slot of a Python frame (user addresses never have the top bit set).
     pub const FRAME_TAG: u64 = 1 << 63;
@@ -436,6 +438,8 @@ pub mod python {
         pub const CODE_LINETABLE: u64 = 136;
         pub const CODE_FIRSTTRACEABLE: u64 = 168;
         pub const CODE_ADAPTIVE: u64 = 184;
+        /// `PyASCIIObject.hash` (the str's cached hash; names are hashed when interned).
+        pub const STR_HASH: u64 = 24;
         /// `_PyRuntime.gilstate.tstate_current`: the thread state holding the GIL.
         pub const RUNTIME_TSTATE_CURRENT: u64 = 0x240;
     }
@@ -457,8 +461,12 @@ pub mod python {
 
     /// The identity folded into a frame's second slot (see the module docs).
     #[inline(always)]
-    pub const fn identity(qualname: u64, filename: u64, linetable: u64, first_line: u32) -> u32 {
-        let mixed = qualname ^ filename.rotate_left(21) ^ linetable.rotate_left(42) ^ first_line as u64;
+    pub const fn identity(qualname: u64, qualname_hash: u64, filename: u64, linetable: u64, first_line: u32) -> u32 {
+        let mixed = qualname
+            ^ qualname_hash.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ filename.rotate_left(21)
+            ^ linetable.rotate_left(42)
+            ^ first_line as u64;
         (mixed ^ (mixed >> 32)) as u32
     }
 }

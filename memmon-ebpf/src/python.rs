@@ -72,7 +72,10 @@ pub fn step(stack: &mut StackTrace, frame: &mut u64) -> Step {
         return done;
     }
     let offset = prev_instr.wrapping_sub(code_start) / 2;
-    let identity = identity(field(v3_11::CODE_QUALNAME), field(v3_11::CODE_FILENAME), field(v3_11::CODE_LINETABLE), first_line);
+    let qualname = field(v3_11::CODE_QUALNAME);
+    let qualname_hash = read(qualname + v3_11::STR_HASH).unwrap_or(0);
+    let identity =
+        identity(qualname, qualname_hash, field(v3_11::CODE_FILENAME), field(v3_11::CODE_LINETABLE), first_line);
     let depth = stack.depth as usize;
     if depth + 1 < stack.ips.len() {
         stack.ips[depth] = FRAME_TAG | code;

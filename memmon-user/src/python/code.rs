@@ -44,7 +44,7 @@ pub fn read(memory: &File, code: u64) -> Result<CodeInfo> {
         filename: read_str(memory, filename)?,
         first_line,
         linetable: read_bytes(memory, linetable)?,
-        identity: identity(qualname, filename, linetable, first_line),
+        identity: identity(qualname, u64_at(memory, qualname + v3_11::STR_HASH)?, filename, linetable, first_line),
     })
 }
 
