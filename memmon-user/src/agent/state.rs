@@ -280,10 +280,14 @@ impl Agent {
             .collect();
         let mut by_module: BTreeMap<String, Bucket> = BTreeMap::new();
         for site in self.snapshot.sites.iter().filter(|s| s.live_bytes() > 0) {
-            let module = site
-                .frames
-                .first()
-                .map(|&ip| self.symbolizer.frames(site.pid, &[ip]).remove(0).module)
+            // A Python site belongs to the source file of its innermost Python frame; any other
+            // to the object of its allocating frame.
+            let frames = self.symbolizer.frames(site.pid, &site.frames);
+            let module = frames
+                .iter()
+                .find(|f| f.address & memmon_common::python::FRAME_TAG != 0)
+                .or(frames.first())
+                .map(|f| f.module.clone())
                 .filter(|m| !m.is_empty())
                 .unwrap_or_else(|| "[unknown]".into());
             let bucket = by_module.entry(module.clone()).or_insert(Bucket { name: module, live_bytes: 0, live_allocations: 0 });
