@@ -21,19 +21,20 @@
 //!    land in the middle of another function's first basic block (neither do landing pads,
 //!    which are blocks reached only by unwinding, never the fall-through of an entry block).
 //!    glibc's `aligned_alloc` jumps into the middle of `malloc`, which is why this is checked.
-//! 3. The skipped instructions change nothing the probes read: not the arguments the entry
-//!    program decodes (each program's own: malloc's reads only `rdi`, realloc's `rdi` and `rsi`,
-//!    …) — an argument overwritten in its register is still readable if a 64-bit `mov` copied it
-//!    to another register first, and the entry program is then told (by the attach cookie) to
-//!    read it there: mimalloc's malloc moves its size to `rsi` and puts its heap in `rdi` before
-//!    its first branch —, not the stack pointer (the entry program keys calls in flight by it), and, when
-//!    a return probe shares the site, not the return address at `[rsp]` (the kernel takes it
-//!    from there to hijack the return; TOOLCHAIN.md measured that a return probe at a later
-//!    offset works while it is there). Everything else is harmless: the skipped instructions
-//!    run natively before the trap, so their memory reads (RIP-relative, `%fs:`), their
-//!    flag and scratch-register writes and their stores elsewhere are exactly what the
-//!    uninstrumented function does. The stack walk starts in the return probe, from the
-//!    registers at the return, which the move does not change.
+//! 3. The skipped instructions change nothing the probes read. Not the stack pointer: the entry
+//!    program keys calls in flight by it. Not, when a return probe shares the site, the return
+//!    address at `[rsp]`: the kernel takes it from there to hijack the return (TOOLCHAIN.md
+//!    measured that a return probe at a later offset works while it is there). And not the
+//!    arguments the entry program decodes (each program's own: malloc's reads only `rdi`,
+//!    realloc's `rdi` and `rsi`, …), with one allowance: an argument whose register is
+//!    overwritten is still readable if a 64-bit `mov` copied it to another register first, and
+//!    the entry program is then told, by the probe's attach cookie, to read it there (mimalloc's
+//!    malloc moves its size to `rsi` and loads its heap into `rdi` before its first branch).
+//!    Everything else is harmless: the skipped instructions run natively before the trap, so
+//!    their memory reads (RIP-relative, `%fs:`), their flag and scratch-register writes and
+//!    their stores elsewhere are exactly what the uninstrumented function does. The stack walk
+//!    starts in the return probe, from the registers at the return, which the move does not
+//!    change.
 //!
 //! Only the first emulated instruction can be the site: any later one lies past an emulated
 //! branch (not straight-line) or an emulated push (which moves the stack pointer). When no site
