@@ -5,8 +5,9 @@
 //! - per allocator (glibc, and jemalloc, tcmalloc, mimalloc by LD_PRELOAD): ns per malloc+free
 //!   pair untraced, with empty programs on memmon's sites (the trap floor), with empty programs
 //!   on every function's entry, and with memmon's exact tracking on its sites;
-//! - Debian's redis-server (jemalloc) under redis-benchmark SET and GET: untraced, memmon exact
-//!   on its sites, and memmon exact with every probe at its entry (what memmon did before);
+//! - Debian's redis-server (jemalloc) under redis-benchmark SET and GET: untraced, the trap
+//!   floor on memmon's sites, memmon exact on its sites, and memmon exact with every probe at its
+//!   entry (what memmon did before);
 //! - a /metrics scrape with 10,000 sites, and reading a live table of a million blocks.
 
 use std::time::Instant;
@@ -28,11 +29,27 @@ fn tracing(programs: Programs, optimize_probe_sites: bool) -> Option<TracerOptio
     Some(TracerOptions { programs, optimize_probe_sites, ..TracerOptions::default() })
 }
 
+/// `memmon-bench [pairs] [redis] [scrape] [live]`: the parts named, or all of them.
 fn main() {
-    pairs_bench();
-    redis_bench();
-    scrape_bench();
-    live_table_bench();
+    let parts: Vec<String> = std::env::args().skip(1).collect();
+    let run = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
+    let known = ["pairs", "redis", "scrape", "live"];
+    if let Some(unknown) = parts.iter().find(|p| !known.contains(&p.as_str())) {
+        eprintln!("memmon-bench: unknown part {unknown:?}; parts: {}", known.join(", "));
+        std::process::exit(2);
+    }
+    if run("pairs") {
+        pairs_bench();
+    }
+    if run("redis") {
+        redis_bench();
+    }
+    if run("scrape") {
+        scrape_bench();
+    }
+    if run("live") {
+        live_table_bench();
+    }
 }
 
 /// Runs every configuration once per round, in turn, attached to `pid` for the duration of its
@@ -94,6 +111,7 @@ fn redis_bench() {
     const ROUNDS: usize = 3;
     let configs = [
         Config { name: "untraced", options: None },
+        Config { name: "floor: empty programs, memmon's sites", options: tracing(Programs::Empty, true) },
         Config { name: "memmon exact, memmon's sites", options: tracing(Programs::Tracking, true) },
         Config { name: "memmon exact, every probe at entry", options: tracing(Programs::Tracking, false) },
     ];
@@ -106,7 +124,7 @@ fn redis_bench() {
         requests_per_second(&output, "SET")
     });
     let gets: Vec<f64> = gets.iter().map(|g| median(g)).collect();
-    println!("\nredis-server (jemalloc) under redis-benchmark -t set,get -n {REQUESTS} -r 100000, {ROUNDS} rounds, interleaved");
+    println!("\nredis-server (jemalloc, Unix socket) under redis-benchmark -t set,get -n {REQUESTS} -r 100000, {ROUNDS} rounds, interleaved");
     println!("{:<46} {:>10} {:>12} {:>10} {:>12}", "configuration", "SET/s", "× untraced", "GET/s", "× untraced");
     for ((config, set), get) in configs.iter().zip(&sets).zip(&gets) {
         println!("{:<46} {set:>10.0} {:>12.2} {get:>10.0} {:>12.2}", config.name, set / sets[0], get / gets[0]);
