@@ -14,7 +14,8 @@
 //!    enters the function falls through to the site, exactly once.
 //! 2. Nothing reaches the site without passing the entry: no direct branch or call anywhere in
 //!    the object's code (this function's, every other function's) targets an address in
-//!    (entry, site], no other probed function starts there, and this function has no indirect
+//!    (entry, site], no function symbol starts there (other objects may call it through the PLT,
+//!    where no branch in this object shows it), and this function has no indirect
 //!    jump (a jump table could land anywhere in it; a `jmp *…(%rip)` through the GOT is a tail
 //!    call to a function's entry and is allowed). Indirect jumps elsewhere are jump tables of
 //!    their own functions or calls through pointers to entries; compilers do not make either
@@ -121,9 +122,10 @@ pub enum Obstacle {
     WritesReturnAddress { at: u64 },
     /// No emulated instruction within the first `window` instructions.
     NoEmulatedInstruction { window: usize },
-    /// Code at `from` branches to `to`, between the entry and the site (or another probed
-    /// function starts there).
+    /// Code at `from` branches to `to`, between the entry and the site.
     BranchInto { from: u64, to: u64 },
+    /// Another function's symbol starts between the entry and the site: it can be called there.
+    SymbolInside { at: u64 },
     /// An indirect jump in the function could land between the entry and the site.
     IndirectJump { at: u64 },
 }
@@ -144,6 +146,7 @@ impl fmt::Display for Obstacle {
             Self::NoEmulatedInstruction { window } => {
                 write!(f, "none of its first {window} instructions is one the kernel emulates")
             }
+            Self::SymbolInside { at } => write!(f, "another function's symbol starts at +{at}, past the entry"),
             Self::BranchInto { from, to } => write!(f, "code at {from:#x} reaches +{to} without passing the entry"),
             Self::IndirectJump { at } => write!(f, "an indirect jump at +{at} could land past the entry"),
         }
@@ -151,7 +154,9 @@ impl fmt::Display for Obstacle {
 }
 
 /// Chooses the site of every function in `probed`, all defined by one object whose code is
-/// `object` (every function of it memmon can find; `probed` may be among them).
+/// `object`: its executable code in pieces, each starting at a section's start or at a function
+/// symbol (`probed` may be among them). A piece's start is an entry point too: code in other
+/// objects may call a symbol through the PLT, where no branch in this object shows it.
 pub fn choose_sites(probed: &[Probed], object: &[Code]) -> Vec<Site> {
     let candidates: Vec<Result<Candidate, Site>> = probed.iter().map(candidate).collect();
     // Windows (entry, site] that nothing may branch into, and the branches that do.
@@ -164,8 +169,8 @@ pub fn choose_sites(probed: &[Probed], object: &[Code]) -> Vec<Site> {
     for code in object.iter().chain(probed.iter().map(|p| &p.code)) {
         landings.scan(*code);
     }
-    for other in probed {
-        landings.land(other.code.address, other.code.address);
+    for entry in object.iter().chain(probed.iter().map(|p| &p.code)) {
+        landings.land(entry.address, entry.address);
     }
     candidates
         .into_iter()
@@ -298,7 +303,8 @@ fn confirm(function: &Probed, candidate: Candidate, landings: &Landings) -> Site
         }
     }
     if let Some((from, to)) = landings.into(window) {
-        return keep(Obstacle::BranchInto { from, to: to - code.address });
+        let at = to - code.address;
+        return keep(if from == to { Obstacle::SymbolInside { at } } else { Obstacle::BranchInto { from, to: at } });
     }
     Site { offset: candidate.offset, emulated: true, kept: None, relocated: candidate.relocated }
 }
@@ -794,11 +800,22 @@ mod tests {
     }
 
     #[test]
-    fn another_probed_function_starting_among_the_skipped_instructions_keeps_the_entry() {
+    fn another_function_starting_among_the_skipped_instructions_keeps_the_entry() {
         let code = with(&CMP_JA, &[0xc3]);
         let inner = &code[3..];
+        // Another probed function...
         let sites = choose_sites(&[probed("malloc", BASE, &code), probed("free", BASE + 3, inner)], &[]);
-        assert_eq!(sites[0], stays(Obstacle::BranchInto { from: BASE + 3, to: 3 }));
+        assert_eq!(sites[0], stays(Obstacle::SymbolInside { at: 3 }));
+        // ... or any function symbol: other objects may call it through the PLT.
+        let pieces = [Code { address: BASE, bytes: &code[..3] }, Code { address: BASE + 3, bytes: inner }];
+        let sites = choose_sites(&[probed("malloc", BASE, &code)], &pieces);
+        assert_eq!(sites[0], stays(Obstacle::SymbolInside { at: 3 }));
+        // At the site itself, too.
+        let pieces = [Code { address: BASE, bytes: &code[..7] }, Code { address: BASE + 7, bytes: &code[7..] }];
+        assert_eq!(choose_sites(&[probed("malloc", BASE, &code)], &pieces)[0], stays(Obstacle::SymbolInside { at: 7 }));
+        // A symbol at the entry (an alias, or the function's own) or past the site is no obstacle.
+        let pieces = [Code { address: BASE, bytes: &code[..8] }, Code { address: BASE + 8, bytes: &code[8..] }];
+        assert_eq!(choose_sites(&[probed("malloc", BASE, &code)], &pieces)[0].offset, 7);
     }
 
     #[test]
