@@ -1,20 +1,13 @@
 //! Stacks on Debian's own packages, built as the distribution builds them: no frame pointers,
 //! stripped or not. Only the CFI walk can find their callers.
 
-use std::{
-    os::unix::net::UnixStream,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
-
 use memmon::{
     snapshot::{SiteSample, Snapshot},
     symbolize::{Frame, Symbolizer},
     tracer::{Tracer, TracerOptions},
 };
 use memmon_common::Truncation;
-use memmon_tests::{Target, require_root};
+use memmon_tests::{RedisServer, Target, require_root};
 
 fn assert_no_garbage_frames(snapshot: &Snapshot, symbolizer: &mut Symbolizer) {
     for site in &snapshot.sites {
@@ -35,50 +28,12 @@ fn describe(frames: &[Frame]) -> String {
     frames.iter().map(|f| f.function.as_str()).collect::<Vec<_>>().join(" ← ")
 }
 
-struct Redis(Child, PathBuf);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_file(&self.1);
-    }
-}
-
-/// redis-server on a Unix socket of its own (no TCP port another test could be answering on),
-/// once it accepts connections there.
-fn start_redis() -> Redis {
-    let socket = std::env::temp_dir().join(format!("memmon-redis-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&socket);
-    let child = Command::new("/usr/bin/redis-server")
-        .args(["--port", "0", "--unixsocket"])
-        .arg(&socket)
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server (Debian package redis-server; cargo xtask setup installs it)");
-    let redis = Redis(child, socket);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&redis.1).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not listen on {}", redis.1.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    redis
-}
-
 #[test]
 fn redis_set_path_is_named_down_to_main() {
     require_root();
-    let redis = start_redis();
-    let mut tracer = Tracer::attach(&[redis.0.id()], TracerOptions::default()).unwrap();
-    let status = Command::new("redis-benchmark")
-        .arg("-s")
-        .arg(&redis.1)
-        .args(["-t", "set", "-n", "3000", "-r", "100000000", "-c", "2", "-q"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("redis-benchmark (Debian package redis-tools)");
-    assert!(status.success());
+    let redis = RedisServer::start();
+    let mut tracer = Tracer::attach(&[redis.pid()], TracerOptions::default()).unwrap();
+    redis.benchmark(&["-t", "set", "-n", "3000", "-r", "100000000", "-c", "2"]);
     let snapshot = tracer.snapshot().unwrap();
     let mut symbolizer = Symbolizer::new();
     let stacks: Vec<Vec<Frame>> =

@@ -14,26 +14,28 @@
 //!    enters the function falls through to the site, exactly once.
 //! 2. Nothing reaches the site without passing the entry: no direct branch or call anywhere in
 //!    the object's code (this function's, every other function's) targets an address in
-//!    (entry, site], no other probed function starts there, and this function has no indirect
+//!    (entry, site], no function symbol starts there (other objects may call it through the PLT,
+//!    where no branch in this object shows it), and this function has no indirect
 //!    jump (a jump table could land anywhere in it; a `jmp *…(%rip)` through the GOT is a tail
 //!    call to a function's entry and is allowed). Indirect jumps elsewhere are jump tables of
 //!    their own functions or calls through pointers to entries; compilers do not make either
 //!    land in the middle of another function's first basic block (neither do landing pads,
 //!    which are blocks reached only by unwinding, never the fall-through of an entry block).
 //!    glibc's `aligned_alloc` jumps into the middle of `malloc`, which is why this is checked.
-//! 3. The skipped instructions change nothing the probes read: not the arguments the entry
-//!    program decodes (each program's own: malloc's reads only `rdi`, realloc's `rdi` and `rsi`,
-//!    …) — an argument overwritten in its register is still readable if a 64-bit `mov` copied it
-//!    to another register first, and the entry program is then told (by the attach cookie) to
-//!    read it there: mimalloc's malloc moves its size to `rsi` and puts its heap in `rdi` before
-//!    its first branch —, not the stack pointer (the entry program keys calls in flight by it), and, when
-//!    a return probe shares the site, not the return address at `[rsp]` (the kernel takes it
-//!    from there to hijack the return; TOOLCHAIN.md measured that a return probe at a later
-//!    offset works while it is there). Everything else is harmless: the skipped instructions
-//!    run natively before the trap, so their memory reads (RIP-relative, `%fs:`), their
-//!    flag and scratch-register writes and their stores elsewhere are exactly what the
-//!    uninstrumented function does. The stack walk starts in the return probe, from the
-//!    registers at the return, which the move does not change.
+//! 3. The skipped instructions change nothing the probes read. Not the stack pointer: the entry
+//!    program keys calls in flight by it. Not, when a return probe shares the site, the return
+//!    address at `[rsp]`: the kernel takes it from there to hijack the return (TOOLCHAIN.md
+//!    measured that a return probe at a later offset works while it is there). And not the
+//!    arguments the entry program decodes (each program's own: malloc's reads only `rdi`,
+//!    realloc's `rdi` and `rsi`, …), with one allowance: an argument whose register is
+//!    overwritten is still readable if a 64-bit `mov` copied it to another register first, and
+//!    the entry program is then told, by the probe's attach cookie, to read it there (mimalloc's
+//!    malloc moves its size to `rsi` and loads its heap into `rdi` before its first branch).
+//!    Everything else is harmless: the skipped instructions run natively before the trap, so
+//!    their memory reads (RIP-relative, `%fs:`), their flag and scratch-register writes and
+//!    their stores elsewhere are exactly what the uninstrumented function does. The stack walk
+//!    starts in the return probe, from the registers at the return, which the move does not
+//!    change.
 //!
 //! Only the first emulated instruction can be the site: any later one lies past an emulated
 //! branch (not straight-line) or an emulated push (which moves the stack pointer). When no site
@@ -120,9 +122,10 @@ pub enum Obstacle {
     WritesReturnAddress { at: u64 },
     /// No emulated instruction within the first `window` instructions.
     NoEmulatedInstruction { window: usize },
-    /// Code at `from` branches to `to`, between the entry and the site (or another probed
-    /// function starts there).
+    /// Code at `from` branches to `to`, between the entry and the site.
     BranchInto { from: u64, to: u64 },
+    /// Another function's symbol starts between the entry and the site: it can be called there.
+    SymbolInside { at: u64 },
     /// An indirect jump in the function could land between the entry and the site.
     IndirectJump { at: u64 },
 }
@@ -143,6 +146,7 @@ impl fmt::Display for Obstacle {
             Self::NoEmulatedInstruction { window } => {
                 write!(f, "none of its first {window} instructions is one the kernel emulates")
             }
+            Self::SymbolInside { at } => write!(f, "another function's symbol starts at +{at}, past the entry"),
             Self::BranchInto { from, to } => write!(f, "code at {from:#x} reaches +{to} without passing the entry"),
             Self::IndirectJump { at } => write!(f, "an indirect jump at +{at} could land past the entry"),
         }
@@ -150,7 +154,9 @@ impl fmt::Display for Obstacle {
 }
 
 /// Chooses the site of every function in `probed`, all defined by one object whose code is
-/// `object` (every function of it memmon can find; `probed` may be among them).
+/// `object`: its executable code in pieces, each starting at a section's start or at a function
+/// symbol (`probed` may be among them). A piece's start is an entry point too: code in other
+/// objects may call a symbol through the PLT, where no branch in this object shows it.
 pub fn choose_sites(probed: &[Probed], object: &[Code]) -> Vec<Site> {
     let candidates: Vec<Result<Candidate, Site>> = probed.iter().map(candidate).collect();
     // Windows (entry, site] that nothing may branch into, and the branches that do.
@@ -163,8 +169,8 @@ pub fn choose_sites(probed: &[Probed], object: &[Code]) -> Vec<Site> {
     for code in object.iter().chain(probed.iter().map(|p| &p.code)) {
         landings.scan(*code);
     }
-    for other in probed {
-        landings.land(other.code.address, other.code.address);
+    for entry in object.iter().chain(probed.iter().map(|p| &p.code)) {
+        landings.land(entry.address, entry.address);
     }
     candidates
         .into_iter()
@@ -297,7 +303,8 @@ fn confirm(function: &Probed, candidate: Candidate, landings: &Landings) -> Site
         }
     }
     if let Some((from, to)) = landings.into(window) {
-        return keep(Obstacle::BranchInto { from, to: to - code.address });
+        let at = to - code.address;
+        return keep(if from == to { Obstacle::SymbolInside { at } } else { Obstacle::BranchInto { from, to: at } });
     }
     Site { offset: candidate.offset, emulated: true, kept: None, relocated: candidate.relocated }
 }
@@ -793,11 +800,22 @@ mod tests {
     }
 
     #[test]
-    fn another_probed_function_starting_among_the_skipped_instructions_keeps_the_entry() {
+    fn another_function_starting_among_the_skipped_instructions_keeps_the_entry() {
         let code = with(&CMP_JA, &[0xc3]);
         let inner = &code[3..];
+        // Another probed function...
         let sites = choose_sites(&[probed("malloc", BASE, &code), probed("free", BASE + 3, inner)], &[]);
-        assert_eq!(sites[0], stays(Obstacle::BranchInto { from: BASE + 3, to: 3 }));
+        assert_eq!(sites[0], stays(Obstacle::SymbolInside { at: 3 }));
+        // ... or any function symbol: other objects may call it through the PLT.
+        let pieces = [Code { address: BASE, bytes: &code[..3] }, Code { address: BASE + 3, bytes: inner }];
+        let sites = choose_sites(&[probed("malloc", BASE, &code)], &pieces);
+        assert_eq!(sites[0], stays(Obstacle::SymbolInside { at: 3 }));
+        // At the site itself, too.
+        let pieces = [Code { address: BASE, bytes: &code[..7] }, Code { address: BASE + 7, bytes: &code[7..] }];
+        assert_eq!(choose_sites(&[probed("malloc", BASE, &code)], &pieces)[0], stays(Obstacle::SymbolInside { at: 7 }));
+        // A symbol at the entry (an alias, or the function's own) or past the site is no obstacle.
+        let pieces = [Code { address: BASE, bytes: &code[..8] }, Code { address: BASE + 8, bytes: &code[8..] }];
+        assert_eq!(choose_sites(&[probed("malloc", BASE, &code)], &pieces)[0].offset, 7);
     }
 
     #[test]

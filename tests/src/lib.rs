@@ -407,27 +407,33 @@ pub fn gdb_backtrace(binary: &Path, input: &str, after: &str, stop_at: &str) -> 
     frames
 }
 
-/// Debian's `redis-server` (jemalloc) on a free loopback port, without persistence; killed when
-/// dropped. `cargo xtask setup` installs the package (with redis-tools' `redis-benchmark`).
+/// Debian's `redis-server` (jemalloc) on a Unix socket of its own (no TCP port another test
+/// could be answering on), without persistence; killed when dropped. `cargo xtask setup`
+/// installs the package (with redis-tools' `redis-benchmark`).
 pub struct RedisServer {
     child: Child,
-    pub port: u16,
+    pub socket: PathBuf,
 }
 
 impl RedisServer {
+    /// Starts it and waits until it answers PING.
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = std::env::temp_dir().join(format!("memmon-redis-{}-{n}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
         let child = Command::new("/usr/bin/redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server (Debian package redis-server; cargo xtask setup installs it)");
-        let server = Self { child, port };
+        let server = Self { child, socket };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !server.command("PING").is_ok_and(|reply| reply == "+PONG") {
-            assert!(std::time::Instant::now() < deadline, "redis-server on port {port} did not answer PING");
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(std::time::Instant::now() < deadline, "redis-server did not answer on {}", server.socket.display());
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         server
     }
@@ -439,7 +445,7 @@ impl RedisServer {
     /// One inline command; returns the first line of the reply (e.g. "+PONG", ":42").
     pub fn command(&self, command: &str) -> std::io::Result<String> {
         use std::io::{Read as _, Write as _};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)?;
         stream.write_all(format!("{command}\r\n").as_bytes())?;
         let mut reply = Vec::new();
         let mut byte = [0u8];
@@ -449,14 +455,16 @@ impl RedisServer {
         Ok(String::from_utf8_lossy(&reply).trim_end().to_string())
     }
 
-    /// `redis-benchmark -p PORT -q ARGS`; returns its output (one "TEST: N requests per second"
-    /// line per test).
+    /// `redis-benchmark -s SOCKET -q ARGS`; returns its output (one "TEST: N requests per
+    /// second" line per test).
     pub fn benchmark(&self, args: &[&str]) -> String {
         let output = Command::new("redis-benchmark")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+            .arg("-s")
+            .arg(&self.socket)
+            .arg("-q")
             .args(args)
             .output()
-            .expect("redis-benchmark (Debian package redis-tools, which redis-server depends on)");
+            .expect("redis-benchmark (Debian package redis-tools; cargo xtask setup installs it)");
         assert!(output.status.success(), "redis-benchmark failed: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
@@ -466,5 +474,6 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
     }
 }

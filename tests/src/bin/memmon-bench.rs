@@ -1,14 +1,23 @@
-//! `cargo xtask bench`: the cost memmon adds per malloc+free pair, against baselines measured
-//! in the same run. Configurations are interleaved round by round, so drift on a noisy machine
-//! hits them alike; each is reported as the median of its rounds, with ratios.
+//! `cargo xtask bench`: the cost memmon adds, against baselines measured in the same run.
+//! Configurations are interleaved round by round, so drift on a noisy machine hits them alike;
+//! each is reported as the median of its rounds, with ratios.
+//!
+//! - per allocator (glibc, and jemalloc, tcmalloc, mimalloc by LD_PRELOAD): ns per malloc+free
+//!   pair untraced, with empty programs on memmon's sites (the trap floor), with empty programs
+//!   on every function's entry, and with memmon's exact tracking on its sites;
+//! - Debian's redis-server (jemalloc) under redis-benchmark SET and GET: untraced, the trap
+//!   floor on memmon's sites, memmon exact on its sites, and memmon exact with every probe at its
+//!   entry (what memmon did before);
+//! - a /metrics scrape with 10,000 sites, and reading a live table of a million blocks.
 
 use std::time::Instant;
 
 use memmon::tracer::{Programs, Tracer, TracerOptions};
-use memmon_tests::{Agent, Target, http};
+use memmon_tests::{Agent, RedisServer, Target, http};
 
 const PAIRS: u64 = 200_000;
 const ROUNDS: usize = 5;
+const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
 
 struct Config {
     name: &'static str,
@@ -16,43 +25,120 @@ struct Config {
     options: Option<TracerOptions>,
 }
 
+fn tracing(programs: Programs, optimize_probe_sites: bool) -> Option<TracerOptions> {
+    Some(TracerOptions { programs, optimize_probe_sites, ..TracerOptions::default() })
+}
+
+/// `memmon-bench [pairs] [redis] [scrape] [live]`: the parts named, or all of them.
 fn main() {
-    let tracing = |programs, optimize_probe_sites| {
-        Some(TracerOptions { programs, optimize_probe_sites, ..TracerOptions::default() })
-    };
-    let configs = [
-        Config { name: "untraced", options: None },
-        Config { name: "floor: empty programs, every probe at entry", options: tracing(Programs::Empty, false) },
-        Config { name: "floor: empty programs, memmon's sites", options: tracing(Programs::Empty, true) },
-        Config { name: "memmon exact, every probe at entry", options: tracing(Programs::Tracking, false) },
-        Config { name: "memmon exact, memmon's sites", options: tracing(Programs::Tracking, true) },
-    ];
-    let mut target = Target::start("bench_pairs");
+    let parts: Vec<String> = std::env::args().skip(1).collect();
+    let run = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
+    let known = ["pairs", "redis", "scrape", "live"];
+    if let Some(unknown) = parts.iter().find(|p| !known.contains(&p.as_str())) {
+        eprintln!("memmon-bench: unknown part {unknown:?}; parts: {}", known.join(", "));
+        std::process::exit(2);
+    }
+    if run("pairs") {
+        pairs_bench();
+    }
+    if run("redis") {
+        redis_bench();
+    }
+    if run("scrape") {
+        scrape_bench();
+    }
+    if run("live") {
+        live_table_bench();
+    }
+}
+
+/// Runs every configuration once per round, in turn, attached to `pid` for the duration of its
+/// run; returns each configuration's median of `measure`'s results.
+fn interleaved(configs: &[Config], rounds: usize, pid: u32, mut measure: impl FnMut(usize, usize) -> f64) -> Vec<f64> {
     let mut samples = vec![Vec::new(); configs.len()];
-    println!("memmon bench: malloc(64)+free pairs, {PAIRS} per run, {ROUNDS} rounds, configurations interleaved");
-    for round in 0..ROUNDS {
-        for (config, samples) in configs.iter().zip(&mut samples) {
-            let tracer = config.options.map(|options| Tracer::attach(&[target.pid()], options).expect("attach"));
-            if round == 0 {
-                measure(&mut target, PAIRS / 10); // warm-up: page in, settle caches
-            }
-            samples.push(measure(&mut target, PAIRS));
+    for round in 0..rounds {
+        for (index, config) in configs.iter().enumerate() {
+            let tracer = config.options.map(|options| Tracer::attach(&[pid], options).expect("attach"));
+            samples[index].push(measure(round, index));
             drop(tracer);
         }
     }
-    let medians: Vec<f64> = samples.iter().map(|s| median(s)).collect();
-    let (untraced, floor_sites, memmon_sites) = (medians[0], medians[2], medians[4]);
-    println!("{:<46} {:>10} {:>12} {:>16}", "configuration", "ns/pair", "× untraced", "× floor (sites)");
-    for (config, &ns) in configs.iter().zip(&medians) {
-        println!("{:<46} {:>10.0} {:>12.1} {:>16.2}", config.name, ns, ns / untraced, ns / floor_sites);
+    samples.iter().map(|s| median(s)).collect()
+}
+
+/// malloc(64)+free pairs in bench_pairs, under each allocator.
+fn pairs_bench() {
+    let configs = [
+        Config { name: "untraced", options: None },
+        Config { name: "floor: empty programs, memmon's sites", options: tracing(Programs::Empty, true) },
+        Config { name: "floor: empty programs, every probe at entry", options: tracing(Programs::Empty, false) },
+        Config { name: "memmon exact, memmon's sites", options: tracing(Programs::Tracking, true) },
+    ];
+    let allocators = [
+        ("glibc", None),
+        ("jemalloc", Some("libjemalloc.so.2")),
+        ("tcmalloc", Some("libtcmalloc_minimal.so.4")),
+        ("mimalloc", Some("libmimalloc.so.2")),
+    ];
+    println!("memmon bench: malloc(64)+free pairs, {PAIRS} per run, {ROUNDS} rounds, configurations interleaved");
+    println!("{:<9} {:<46} {:>10} {:>12} {:>16}", "allocator", "configuration", "ns/pair", "× untraced", "× floor (sites)");
+    for (allocator, library) in allocators {
+        let preload = library.map(|library| format!("{LIBDIR}/{library}"));
+        let env: Vec<(&str, &str)> = preload.iter().map(|path| ("LD_PRELOAD", path.as_str())).collect();
+        let mut target = Target::start_with("bench_pairs", &env);
+        let sites = Tracer::attach(&[target.pid()], TracerOptions::default()).expect("attach").targets()[0].allocator.describe();
+        let medians = interleaved(&configs, ROUNDS, target.pid(), |round, _| {
+            if round == 0 {
+                measure(&mut target, PAIRS / 10); // warm-up: page in, settle caches
+            }
+            measure(&mut target, PAIRS)
+        });
+        let (untraced, floor_sites, memmon_sites) = (medians[0], medians[1], medians[3]);
+        for (config, &ns) in configs.iter().zip(&medians) {
+            println!("{allocator:<9} {:<46} {ns:>10.0} {:>12.1} {:>16.2}", config.name, ns / untraced, ns / floor_sites);
+        }
+        println!(
+            "{allocator:<9} memmon exact costs {:.0} ns per pair over untraced, {:.2}× the trap floor at the same sites (goal ≤ 1.3×); sites: {sites}",
+            memmon_sites - untraced,
+            memmon_sites / floor_sites
+        );
     }
-    println!(
-        "memmon exact costs {:.0} ns per pair over untraced: {:.2}× the trap floor at the same sites (goal ≤ 1.3×)",
-        memmon_sites - untraced,
-        memmon_sites / floor_sites
-    );
-    scrape_bench();
-    live_table_bench();
+}
+
+/// redis-benchmark SET and GET against Debian's redis-server, requests per second.
+fn redis_bench() {
+    const REQUESTS: &str = "50000";
+    const ROUNDS: usize = 3;
+    let configs = [
+        Config { name: "untraced", options: None },
+        Config { name: "floor: empty programs, memmon's sites", options: tracing(Programs::Empty, true) },
+        Config { name: "memmon exact, memmon's sites", options: tracing(Programs::Tracking, true) },
+        Config { name: "memmon exact, every probe at entry", options: tracing(Programs::Tracking, false) },
+    ];
+    let redis = RedisServer::start();
+    redis.benchmark(&["-t", "set,get", "-n", "10000", "-r", "100000"]); // warm-up
+    let mut gets = vec![Vec::new(); configs.len()];
+    let sets = interleaved(&configs, ROUNDS, redis.pid(), |_, index| {
+        let output = redis.benchmark(&["-t", "set,get", "-n", REQUESTS, "-r", "100000"]);
+        gets[index].push(requests_per_second(&output, "GET"));
+        requests_per_second(&output, "SET")
+    });
+    let gets: Vec<f64> = gets.iter().map(|g| median(g)).collect();
+    println!("\nredis-server (jemalloc, Unix socket) under redis-benchmark -t set,get -n {REQUESTS} -r 100000, {ROUNDS} rounds, interleaved");
+    println!("{:<46} {:>10} {:>12} {:>10} {:>12}", "configuration", "SET/s", "× untraced", "GET/s", "× untraced");
+    for ((config, set), get) in configs.iter().zip(&sets).zip(&gets) {
+        println!("{:<46} {set:>10.0} {:>12.2} {get:>10.0} {:>12.2}", config.name, set / sets[0], get / gets[0]);
+    }
+}
+
+/// The requests per second redis-benchmark -q printed for `test` ("SET: 51234.56 requests per second").
+fn requests_per_second(output: &str, test: &str) -> f64 {
+    output
+        .split(['\n', '\r'])
+        .filter_map(|line| line.trim().strip_prefix(&format!("{test}: ")))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .last()
+        .unwrap_or_else(|| panic!("no {test} result in {output:?}"))
 }
 
 /// How long a scrape of /metrics takes with 10,000 sites tracked (goal: under 50 ms).
