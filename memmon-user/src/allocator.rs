@@ -226,15 +226,21 @@ impl Allocator {
         if objects.is_empty() {
             bail!("pid {} has no mapped executable files; is it still starting?", process.pid);
         }
+        Self::find_among(process, &objects, exe.as_deref(), optimize_sites)
+    }
+
+    /// Finds the allocator among `objects` (paths as `process` sees them, in load order), for a
+    /// process whose map does not list them yet (`memmon run`, stopped at its exec).
+    pub fn find_among(process: &Process, objects: &[&str], exe: Option<&str>, optimize_sites: bool) -> Result<Self> {
         let all: Vec<Function> = FAMILY.iter().chain(CXX_NEW).chain(CXX_DELETE).copied().collect();
         let mut searched = Vec::new();
         let mut allocator = None;
-        for object in search_order(&objects, exe.as_deref()) {
+        for object in search_order(objects, exe) {
             let Ok(sites) = probe_sites(&process.root_path(object), &all, optimize_sites) else { continue };
             searched.push(object.to_string());
             let has = |symbol| sites.iter().any(|s: &ProbeSite| s.function.symbol == symbol);
             if has("malloc") && has("free") {
-                let name = classify(object, exe.as_deref());
+                let name = classify(object, exe);
                 allocator = Some(Self { name, objects: vec![ProbedObject { path: object.to_string(), sites }] });
                 break;
             }
@@ -249,7 +255,7 @@ impl Allocator {
         };
         let defines_new = allocator.objects[0].sites.iter().any(|s| s.function.symbol.starts_with("_Zn"));
         if !defines_new {
-            for object in objects.iter().filter(|o| is_cxx_runtime(o, exe.as_deref())) {
+            for object in objects.iter().filter(|o| is_cxx_runtime(o, exe)) {
                 if *object == allocator.objects[0].path {
                     continue;
                 }

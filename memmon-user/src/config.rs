@@ -56,20 +56,8 @@ pub struct AgentConfig {
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub duration: Option<u64>,
-    /// Capacity of the kernel's live-allocation table.
-    #[arg(long, env = "MEMMON_MAX_LIVE_ALLOCATIONS", default_value_t = memmon_common::DEFAULT_MAX_LIVE_ALLOCATIONS,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_live_allocations: u32,
-    /// Capacity of the kernel's site (distinct stack) tables.
-    #[arg(long, env = "MEMMON_MAX_SITES", default_value_t = memmon_common::DEFAULT_MAX_SITES,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_sites: u32,
-    /// Kernel memory (MiB) for the unwind tables that stacks are walked with (the compiled CFI
-    /// of every object the targets map); an object that does not fit gets truncated stacks,
-    /// and status says which.
-    #[arg(long, env = "MEMMON_UNWIND_TABLE_MAX_MB", default_value_t = memmon_common::unwind::DEFAULT_TABLE_MAX_MB,
-          value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub unwind_table_max_mb: u32,
+    #[command(flatten)]
+    pub tables: TableConfig,
     /// Move each allocator function's probes past instructions the kernel would single-step, to
     /// the first one it emulates, when provably equivalent (false: probe every function at its
     /// entry).
@@ -119,10 +107,8 @@ impl AgentConfig {
 
     pub fn tracer_options(&self) -> TracerOptions {
         TracerOptions {
-            capacity: Capacity { max_live_allocations: self.max_live_allocations, max_sites: self.max_sites },
             optimize_probe_sites: self.optimize_probe_sites,
-            unwind_table_max_mb: self.unwind_table_max_mb,
-            ..TracerOptions::default()
+            ..self.tables.tracer_options()
         }
     }
 
@@ -144,6 +130,35 @@ impl AgentConfig {
 
     pub fn profiling_cleanup_age(&self) -> Duration {
         Duration::from_secs_f64(self.profiling_cleanup_days * 86_400.0)
+    }
+}
+
+/// The kernel tables' sizes (`memmon agent` and `memmon run`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct TableConfig {
+    /// Capacity of the kernel's live-allocation table.
+    #[arg(long, env = "MEMMON_MAX_LIVE_ALLOCATIONS", default_value_t = memmon_common::DEFAULT_MAX_LIVE_ALLOCATIONS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_live_allocations: u32,
+    /// Capacity of the kernel's site (distinct stack) tables.
+    #[arg(long, env = "MEMMON_MAX_SITES", default_value_t = memmon_common::DEFAULT_MAX_SITES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sites: u32,
+    /// Kernel memory (MiB) for the unwind tables that stacks are walked with (the compiled CFI
+    /// of every object the targets map); an object that does not fit gets truncated stacks,
+    /// and status says which.
+    #[arg(long, env = "MEMMON_UNWIND_TABLE_MAX_MB", default_value_t = memmon_common::unwind::DEFAULT_TABLE_MAX_MB,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub unwind_table_max_mb: u32,
+}
+
+impl TableConfig {
+    pub fn tracer_options(&self) -> TracerOptions {
+        TracerOptions {
+            capacity: Capacity { max_live_allocations: self.max_live_allocations, max_sites: self.max_sites },
+            unwind_table_max_mb: self.unwind_table_max_mb,
+            ..TracerOptions::default()
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod allocator;
 pub mod batch;
 pub mod commands;
 pub mod config;
+pub mod launch;
 pub mod leaks;
 pub mod probe_site;
 pub mod profiles;

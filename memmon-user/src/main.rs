@@ -59,6 +59,9 @@ enum Command {
         #[arg(long, value_name = "DAYS")]
         older_than_days: Option<f64>,
     },
+    /// Run a command under memmon from its first allocation and report what it still holds at
+    /// exit (valgrind's HEAP SUMMARY, top sites); exit code: the command's, or --error-exitcode.
+    Run(memmon::launch::RunArgs),
     /// Offline views of a saved profile: flamegraph (SVG), table, tree, summary.
     Report(ReportArgs),
 }
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::StopProfiling { client, profile_id } => client.stop_profiling(&profile_id),
         Command::CleanupProfiles { client, older_than_days } => client.cleanup_profiles(older_than_days),
         Command::Report(args) => memmon::profiles::report::run(&args),
+        Command::Run(args) => memmon::launch::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -107,13 +107,19 @@ impl Tracer {
     /// Validates every pid, finds each allocator, loads the programs and attaches them.
     /// Nothing stays attached if any step fails.
     pub fn attach(pids: &[u32], options: TracerOptions) -> Result<Self> {
-        let capacity = options.capacity;
         let processes = preflight(pids)?;
         let mut found = Vec::new();
         for process in processes {
             let allocator = Allocator::find(&process, options.optimize_probe_sites).map_err(|err| gone_hint(&process, err))?;
             found.push((process, allocator));
         }
+        Self::attach_found(found, options)
+    }
+
+    /// Loads the programs and attaches them to processes whose allocator the caller found
+    /// (`memmon run` finds it before the dynamic loader has mapped it; see `launch`).
+    pub fn attach_found(found: Vec<(Process, Allocator)>, options: TracerOptions) -> Result<Self> {
+        let capacity = options.capacity;
         raise_memlock_limit();
         let (unwind_rows, unwind_pages) = crate::unwind::capacities(options.unwind_table_max_mb);
         let mut ebpf = EbpfLoader::new()
@@ -170,6 +176,51 @@ impl Tracer {
         armed.set(0, 1, 0)?;
         let code_maps_seen = targets.iter().map(|t: &Target| (t.process.pid, 0)).collect();
         Ok(Self { ebpf, targets, stacks: HashMap::new(), options, unwind, code_maps_seen })
+    }
+
+    /// Traces one more process (a followed fork, or new allocator objects after an exec: pass
+    /// only the objects not yet probed in it). Its blocks count from now on.
+    pub fn add_target(&mut self, process: Process, allocator: Allocator) -> Result<()> {
+        let pid = process.pid;
+        if !self.targets.iter().any(|t| t.process.pid == pid) {
+            let mut table: BpfHashMap<_, u32, ProcessMemory> =
+                BpfHashMap::try_from(self.ebpf.map_mut("TARGETS").context("TARGETS map")?)?;
+            table.insert(pid, ProcessMemory::default(), 0)?;
+        }
+        self.unwind.sync_process(pid).map_err(|err| gone_hint(&process, err))?;
+        self.code_maps_seen.insert(pid, 0);
+        attach_allocator(&mut self.ebpf, &process, &allocator, self.options.programs)?;
+        let heap_at_attach = process.heap_extent();
+        match self.targets.iter_mut().find(|t| t.process.pid == pid) {
+            Some(target) => target.allocator.objects.extend(allocator.objects),
+            None => self.targets.push(Target { process, allocator, heap_at_attach }),
+        }
+        Ok(())
+    }
+
+    /// `pid` replaced its image (execve): the old image's blocks went with its address space,
+    /// so they leave the live table (the new image may get the same addresses), its memory
+    /// counters restart, and its code mappings are read again. Site counters stay: callers
+    /// subtract what they held at the exec (`launch`).
+    pub fn image_replaced(&mut self, pid: u32) -> Result<()> {
+        let mut live: BpfHashMap<_, LiveKey, LiveAlloc> =
+            BpfHashMap::try_from(self.ebpf.map_mut("LIVE").context("LIVE map")?)?;
+        let stale: Vec<LiveKey> = live.keys().filter_map(|key| key.ok()).filter(|key| key.tgid == pid).collect();
+        for key in stale {
+            let _ = live.remove(&key);
+        }
+        let mut table: BpfHashMap<_, u32, ProcessMemory> =
+            BpfHashMap::try_from(self.ebpf.map_mut("TARGETS").context("TARGETS map")?)?;
+        table.insert(pid, ProcessMemory::default(), 0)?;
+        if let Some(target) = self.targets.iter_mut().find(|t| t.process.pid == pid) {
+            if let Ok(process) = Process::open(pid) {
+                target.process = process;
+            }
+            target.heap_at_attach = target.process.heap_extent();
+        }
+        self.unwind.sync_process(pid)?;
+        self.code_maps_seen.insert(pid, 0);
+        Ok(())
     }
 
     /// Rebuilds the unwind view of every target that mapped new code (dlopen) since the last
@@ -403,7 +454,7 @@ fn gone_hint(process: &Process, err: anyhow::Error) -> anyhow::Error {
 }
 
 /// CAP_BPF (39) and CAP_PERFMON (38) suffice on current kernels; CAP_SYS_ADMIN (21) implies both.
-fn require_privileges() -> Result<()> {
+pub fn require_privileges() -> Result<()> {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;

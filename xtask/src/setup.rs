@@ -15,7 +15,9 @@ use anyhow::{Context as _, Result, bail};
 /// font to lay out the frame labels in (chromium only recommends fonts-liberation, and recommended
 /// packages are not installed here), gdb, whose backtraces are the oracle of the stack tests, and
 /// real programs from Debian that the tests attach to: python3.11 and redis-server (on jemalloc,
-/// whose probes must all be cheap; redis-tools brings redis-benchmark).
+/// whose probes must all be cheap; redis-tools brings redis-benchmark). `memmon run` is checked
+/// against valgrind's memcheck on real programs: valgrind itself, Tcl's tclsh8.6 and git (perl,
+/// sort and python3.11 are there already).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -32,6 +34,9 @@ const APT_PACKAGES: &[&str] = &[
     "python3.11",
     "redis-server",
     "redis-tools",
+    "valgrind",
+    "tcl8.6",
+    "git",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
