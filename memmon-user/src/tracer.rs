@@ -156,15 +156,7 @@ impl Tracer {
                 .sync_process(process.pid)
                 .map_err(|err| gone_hint(&process, err))
                 .with_context(|| format!("building unwind tables for pid {}", process.pid))?;
-            let python = crate::python::detect(process.pid).unwrap_or_else(|err| {
-                log::warn!("pid {}: looking for a Python interpreter failed: {err:#}", process.pid);
-                Interpreter::None
-            });
-            if let Interpreter::Walked { process: interpreter, .. } = &python {
-                let mut table: BpfHashMap<_, u32, PythonProcess> =
-                    BpfHashMap::try_from(ebpf.map_mut("PYTHON_TARGETS").context("PYTHON_TARGETS map")?)?;
-                table.insert(process.pid, *interpreter, 0)?;
-            }
+            let python = register_python(&mut ebpf, process.pid)?;
             let heap_at_attach = process.heap_extent();
             attach_allocator(&mut ebpf, &process, &allocator, options.programs)?;
             targets.push(Target { process, allocator, heap_at_attach, python });
@@ -193,7 +185,10 @@ impl Tracer {
         let heap_at_attach = process.heap_extent();
         match self.targets.iter_mut().find(|t| t.process.pid == pid) {
             Some(target) => target.allocator.objects.extend(allocator.objects),
-            None => self.targets.push(Target { process, allocator, heap_at_attach }),
+            None => {
+                let python = register_python(&mut self.ebpf, pid)?;
+                self.targets.push(Target { process, allocator, heap_at_attach, python })
+            }
         }
         Ok(())
     }
@@ -413,6 +408,21 @@ fn attach_allocator(ebpf: &mut Ebpf, process: &Process, allocator: &Allocator, p
         }
     }
     Ok(())
+}
+
+/// Finds `pid`'s Python interpreter and, for a walked version, tells the kernel walker where
+/// its thread states and eval loop are.
+fn register_python(ebpf: &mut Ebpf, pid: u32) -> Result<Interpreter> {
+    let python = crate::python::detect(pid).unwrap_or_else(|err| {
+        log::warn!("pid {pid}: looking for a Python interpreter failed: {err:#}");
+        Interpreter::None
+    });
+    if let Interpreter::Walked { process: interpreter, .. } = &python {
+        let mut table: BpfHashMap<_, u32, PythonProcess> =
+            BpfHashMap::try_from(ebpf.map_mut("PYTHON_TARGETS").context("PYTHON_TARGETS map")?)?;
+        table.insert(pid, *interpreter, 0)?;
+    }
+    Ok(python)
 }
 
 /// The memory syscalls' own tracepoints (syscalls:sys_{enter,exit}_{mmap,munmap,mremap,brk}):
