@@ -174,13 +174,18 @@ fn seize_stopped(pid: i32, options: libc::c_int) -> Result<()> {
     Ok(())
 }
 
-/// Kills a child memmon cannot trace, and reaps it.
+/// Kills a child memmon cannot trace, and reaps it (past its exit stop, if it makes one).
 pub fn kill_and_reap(pid: i32) {
     // SAFETY: plain syscalls on our own child.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
-        let mut status = 0;
-        libc::waitpid(pid, &mut status, libc::__WALL);
+        loop {
+            let mut status = 0;
+            if libc::waitpid(pid, &mut status, libc::__WALL) != pid || libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                return;
+            }
+            let _ = ptrace(PTRACE_CONT, pid, 0, 0);
+        }
     }
 }
 
