@@ -79,8 +79,8 @@ pub fn walk(stack: &mut StackTrace, regs: UserRegs, tgid: u32) {
         rbp: regs.rbp,
         rbp_known: true,
         truncated: Truncation::DepthLimit,
-        last_mapping: ExecMapping { start: 0, end: 0, bias: 0, object: NO_OBJECT, _pad: 0 },
-        last_object: Object { base: 0, rows_start: 0, row_count: 0, pages_start: 0, page_count: 0 },
+        last_mapping: ExecMapping { object: NO_OBJECT, ..ExecMapping::default() },
+        last_object: Object::default(),
         python,
         python_frame,
         in_python: false,
@@ -116,10 +116,7 @@ fn step_frame(walk: &mut Walk) -> Result<(), Truncation> {
     let depth = stack.depth as usize;
     if !(walk.last_mapping.start <= walk.pc && walk.pc < walk.last_mapping.end) {
         walk.last_mapping = find_mapping(walk.mappings, walk.pc).ok_or(Truncation::OutsideObjects)?;
-        walk.last_object = match UNWIND_OBJECTS.get(walk.last_mapping.object) {
-            Some(object) => *object,
-            None => Object { base: 0, rows_start: 0, row_count: 0, pages_start: 0, page_count: 0 },
-        };
+        walk.last_object = UNWIND_OBJECTS.get(walk.last_mapping.object).copied().unwrap_or_default();
     }
     let in_eval = walk.python_frame != 0 && walk.python.eval_start <= walk.pc && walk.pc < walk.python.eval_end;
     if in_eval && !walk.python_done {

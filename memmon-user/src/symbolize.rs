@@ -73,13 +73,12 @@ struct Mapping {
 /// The pseudo-frame that ends a truncated stack in the views that show frames (text, pprof,
 /// flame graphs): where the walk stopped and why. Never an address.
 pub fn truncation_frame(truncated: Truncation) -> Option<Frame> {
-    (truncated != Truncation::Complete).then(|| Frame {
-        function: format!("[truncated: {}]", truncated.name()),
-        module: String::new(),
-        file: None,
-        line: None,
-        address: 0,
-    })
+    (truncated != Truncation::Complete).then(|| truncation_frame_for(truncated.name()))
+}
+
+/// The truncation pseudo-frame for a reason by name (as JSON carries it).
+pub fn truncation_frame_for(reason: &str) -> Frame {
+    Frame { function: format!("[truncated: {reason}]"), ..Frame::default() }
 }
 
 pub struct Symbolizer {

@@ -32,7 +32,7 @@ impl Site {
     pub fn display_frames(&self) -> Vec<Frame> {
         let mut frames = self.frames.clone();
         if let Some(reason) = self.truncation.as_deref().filter(|_| self.truncated) {
-            frames.push(Frame { function: format!("[truncated: {reason}]"), ..Frame::default() });
+            frames.push(crate::symbolize::truncation_frame_for(reason));
         }
         frames
     }

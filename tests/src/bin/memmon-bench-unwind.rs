@@ -23,7 +23,7 @@ fn main() {
 fn walk_cost() {
     let configs: [(&str, Option<Programs>); 3] =
         [("untraced", None), ("floor: empty programs", Some(Programs::Empty)), ("memmon exact (CFI walk)", Some(Programs::Tracking))];
-    let mut target = Target::start("bench_depth-nofp");
+    let mut target = Target::start("bench_pairs-nofp");
     let mut samples = vec![vec![Vec::new(); configs.len()]; DEPTHS.len()];
     let mut frames = vec![0usize; DEPTHS.len()];
     println!("memmon bench (stack walk): malloc(64)+free pairs D calls deep, no frame pointers, {PAIRS} per run, {ROUNDS} rounds interleaved");
