@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memmon_tests::{build_target, memmon_binary, require_root};
+use memmon_tests::{build_target, memmon_binary, real_programs::real_program, require_root};
 use serde_json::Value;
 
 /// A scratch directory of this test.
@@ -106,12 +106,14 @@ fn summary_of(json: &Value) -> Summary {
     )
 }
 
-/// The environment valgrind gives its program when started with `env`, with LD_PRELOAD (its
-/// own preloads, which must not load into a native run) replaced by a variable of the same
+/// The environment valgrind gives its program when started with `env` in `dir`, with LD_PRELOAD
+/// (its own preloads, which must not load into a native run) replaced by a variable of the same
 /// length: programs that copy their environment (perl's %ENV, git) allocate for each variable,
-/// and allocate the same under memmon with this environment.
-fn as_valgrind_gives_it(env: &[(String, String)]) -> Vec<(String, String)> {
-    let output = Env::Only(env).apply(&mut Command::new("valgrind")).args(["-q", "/usr/bin/env"]).output().expect("valgrind");
+/// and allocate the same under memmon with this environment. valgrind also adds PWD, its working
+/// directory, so this must run where the command will.
+fn as_valgrind_gives_it(env: &[(String, String)], dir: &Path) -> Vec<(String, String)> {
+    let output =
+        Env::Only(env).apply(&mut Command::new("valgrind")).args(["-q", "/usr/bin/env"]).current_dir(dir).output().expect("valgrind");
     let given: Vec<(String, String)> = String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| line.split_once('='))
@@ -137,31 +139,22 @@ fn comparison_environment(extra: &[(&str, &str)]) -> Vec<(String, String)> {
 
 /// memmon's exit report equals valgrind's HEAP SUMMARY for the same command in the same
 /// environment (valgrind's additions included): in use at exit, and every total.
-fn same_as_valgrind(name: &str, command: &[&str], env: &[(&str, &str)], setup: impl FnOnce(&Path)) {
-    within_of_valgrind(name, command, env, setup, (0, 0));
-}
-
-/// `same_as_valgrind`, with in-use blocks exact and the rest within `(bytes, allocs)`.
-fn within_of_valgrind(name: &str, command: &[&str], env: &[(&str, &str)], setup: impl FnOnce(&Path), slack: (u64, u64)) {
+fn same_as_valgrind(name: &str) {
     require_root();
+    let program = real_program(name);
+    let command = program.command();
     let dir = scratch(name);
-    setup(&dir);
-    let env = comparison_environment(env);
-    let oracle = valgrind(command, Env::Only(&env), &dir);
-    let native_env = as_valgrind_gives_it(&env);
-    let (output, json) = memmon_json_in(&[], command, Env::Only(&native_env), &dir);
+    program.prepare(&dir);
+    let env = comparison_environment(program.env);
+    let oracle = valgrind(&command, Env::Only(&env), &dir);
+    let native_env = as_valgrind_gives_it(&env, &dir);
+    let (output, json) = memmon_json_in(&[], &command, Env::Only(&native_env), &dir);
     assert!(output.status.success(), "{name} under memmon: {:?}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
     let lost: u64 = json["events_lost"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(lost, 0, "{name}: events lost: {}", json["events_lost"]);
     let memmon = summary_of(&json);
     eprintln!("{name}: valgrind {oracle:?}, memmon {memmon:?} (in use bytes, blocks; allocs, frees, bytes allocated)");
-    if slack == (0, 0) {
-        assert_eq!(memmon, oracle, "{name}: memmon (left) against valgrind's HEAP SUMMARY (right)");
-    } else {
-        assert_eq!(memmon.1, oracle.1, "{name}: blocks in use at exit");
-        assert!(memmon.0.abs_diff(oracle.0) <= slack.0 && memmon.4.abs_diff(oracle.4) <= 2 * slack.0, "{name}: bytes");
-        assert!(memmon.2.abs_diff(oracle.2) <= slack.1 && memmon.3.abs_diff(oracle.3) <= slack.1, "{name}: allocs, frees");
-    }
+    assert_eq!(memmon, oracle, "{name}: memmon (left) against valgrind's HEAP SUMMARY (right)");
     assert!(oracle.1 > 0, "{name} leaves blocks in use at exit, or the comparison proves little");
     // Sites are symbolized after the process is gone, from the map read at its exit.
     let top = &json["top_sites"][0]["site"]["frames"];
@@ -171,40 +164,29 @@ fn within_of_valgrind(name: &str, command: &[&str], env: &[(&str, &str)], setup:
 
 #[test]
 fn sort_numbers_as_valgrind_counts() {
-    same_as_valgrind("sort", &["sort", "-n", "numbers.txt"], &[], |dir| {
-        let numbers: String = (0..20000u64).map(|i| format!("{}\n", (i * 7919) % 20011)).collect();
-        std::fs::write(dir.join("numbers.txt"), numbers).unwrap();
-    });
+    same_as_valgrind("sort");
 }
 
-/// Perl: blocks in use exact; bytes within 256 (0.014%) and allocs/frees within 2. A few of
-/// perl's blocks differ by a few bytes between the two runs, deterministically for a given
-/// environment (in one environment all five numbers were equal, in this one 11 bytes in use
-/// and 22 allocated differ), so something perl sizes from its surroundings differs under
-/// valgrind; which block it is has not been pinned down yet.
+/// Perl copies its environment into %ENV, so this one needs valgrind's environment exactly,
+/// PWD included (see `as_valgrind_gives_it`).
 #[test]
 fn perl_hash_as_valgrind_counts() {
-    let script = "my %h; $h{$_} = $_ x 3 for 1..20000; print scalar(keys %h), qq(\\n);";
-    within_of_valgrind("perl", &["perl", "-e", script], &[("PERL_HASH_SEED", "0")], |_| {}, (256, 2));
+    same_as_valgrind("perl");
 }
 
 #[test]
 fn python_script_as_valgrind_counts() {
-    let script = "d = {str(i): [i] * 3 for i in range(20000)}\nprint(len(d))\n";
-    same_as_valgrind("python", &["/usr/bin/python3.11", "script.py"], &[("PYTHONHASHSEED", "0")], |dir| {
-        std::fs::write(dir.join("script.py"), script).unwrap();
-    });
+    same_as_valgrind("python");
 }
 
 #[test]
 fn tcl_dict_as_valgrind_counts() {
-    let script = "set d [dict create]\nfor {set i 0} {$i < 5000} {incr i} { dict set d k$i [string repeat x [expr {$i % 50}]] }\nputs [dict size $d]\n";
-    same_as_valgrind("tcl", &["tclsh8.6", "script.tcl"], &[], |dir| std::fs::write(dir.join("script.tcl"), script).unwrap());
+    same_as_valgrind("tcl");
 }
 
 #[test]
 fn git_version_as_valgrind_counts() {
-    same_as_valgrind("git", &["/usr/bin/git", "--version"], &[], |_| {});
+    same_as_valgrind("git");
 }
 
 /// launch.c's ground truth (see the target).

@@ -11,6 +11,8 @@ use std::{
 
 use memmon::{snapshot::Snapshot, symbolize::Symbolizer};
 
+pub mod real_programs;
+
 /// Kernel tests load eBPF programs: without root they cannot run, and must not pass silently.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

@@ -34,7 +34,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Measure the cost per malloc+free pair: untraced, trap floor, memmon (needs root).
+    /// Measure memmon's costs against baselines of the same run: allocation pairs, redis, scrapes,
+    /// the stack walk, `memmon run` against valgrind (needs root).
     Bench,
     /// Run the unit and integration tests (integration tests need root: they load eBPF).
     Test {
@@ -62,7 +63,8 @@ fn run(task: Task) -> Result<()> {
         Task::Bench => {
             build()?;
             cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench"], &[])?;
-            cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-unwind"], &[])
+            cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-unwind"], &[])?;
+            cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-launch"], &[])
         }
         Task::Test { args } => {
             build()?;
