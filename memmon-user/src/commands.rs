@@ -153,6 +153,7 @@ fn status_text(status: &Status) -> String {
         status.listen
     );
     unwind_text(&mut out, &status.unwind);
+    capture_text(&mut out, &status.capture, &status.overhead);
     profiling::profiles_text(&mut out, status.profiling_enabled, &status.profiles);
     if lost == 0 {
         out.push_str("  events lost: none\n");
@@ -162,6 +163,55 @@ fn status_text(status: &Status) -> String {
         let _ = writeln!(out, "  events lost (numbers may be low): {}", listed.join(", "));
     }
     out
+}
+
+fn capture_text(out: &mut String, capture: &crate::wire::CaptureStatus, overhead: &crate::wire::OverheadStatus) {
+    let probes = if capture.allocator_probes_attached { "allocator probes attached" } else { "allocator probes detached" };
+    let _ = writeln!(out, "  tier: {} ({probes}; capture windows of {} s)", capture.tier, capture.window_seconds);
+    if let Some(window) = &capture.open {
+        let _ = writeln!(
+            out,
+            "    window open ({}, {:.0} of {:.0} s{}): {}",
+            window.trigger,
+            window.elapsed_seconds,
+            window.planned_seconds,
+            window.profile_id.as_ref().map(|id| format!(", profile {id}")).unwrap_or_default(),
+            window.cause
+        );
+    }
+    for window in capture.closed.iter().take(3) {
+        let _ = writeln!(
+            out,
+            "    window {} ({}, {:.1} of {:.0} s, {}): {} in {} blocks still live at its close{}",
+            window.started_at,
+            window.trigger,
+            window.elapsed_seconds,
+            window.planned_seconds,
+            window.reason.as_deref().unwrap_or("closed"),
+            human_bytes(window.live_bytes),
+            window.live_allocations,
+            window.top_sites.first().map(|s| format!(", most at {}", s.site.function())).unwrap_or_default()
+        );
+    }
+    if capture.refused > 0 {
+        let _ = writeln!(out, "    {} window(s) refused: {}", capture.refused, capture.last_refusal.as_deref().unwrap_or(""));
+    }
+    let costs = overhead
+        .hit_costs
+        .map(|c| {
+            format!(
+                "; a hit costs ~{:.0} ns emulated, ~{:.0} ns single-stepped, +{:.0} ns with a return probe",
+                c.entry_emulated_ns, c.entry_single_stepped_ns, c.return_ns
+            )
+        })
+        .unwrap_or_else(|| "; hit cost not calibrated".into());
+    let _ = writeln!(
+        out,
+        "  overhead (estimate): {:.2}% of the targets' CPU, budget {:.2}%, allowance {:.2} s{costs}",
+        overhead.estimate * 100.0,
+        overhead.budget * 100.0,
+        overhead.allowance_seconds
+    );
 }
 
 fn unwind_text(out: &mut String, unwind: &crate::unwind::UnwindStats) {

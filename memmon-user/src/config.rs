@@ -12,8 +12,53 @@ use crate::{
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// How much the agent traces (see `agent::state::capture`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// Every allocation, from attach to exit: the allocator probes stay attached.
+    Exact,
+    /// No allocator probes: RSS, mappings and brk from /proc and the memory syscalls'
+    /// tracepoints; growth opens a capture window with the allocator probes for
+    /// MEMMON_CAPTURE_WINDOW seconds.
+    AlwaysOn,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Exact => "exact",
+            Tier::AlwaysOn => "always-on",
+        }
+    }
+}
+
+/// Named sets of defaults, as the original design's deployment configurations; an explicit
+/// flag or MEMMON_* variable overrides what the preset says.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// The node agent: always-on tier, capture windows under a 1% overhead budget, leak checks
+    /// every 10 minutes.
+    Production,
+    /// A developer's machine: exact tracking, snapshots and leak checks every second.
+    Development,
+}
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct AgentConfig {
+    /// Defaults for a deployment: production or development (explicit options override them).
+    #[arg(long, env = "MEMMON_PRESET", value_enum)]
+    pub preset: Option<Preset>,
+    /// exact: allocator probes from attach on; always-on: none until growth opens a capture
+    /// window.
+    #[arg(long, env = "MEMMON_TIER", value_enum, default_value = "exact")]
+    pub tier: Tier,
+    /// Seconds a capture window keeps the allocator probes attached (always-on tier).
+    #[arg(long, env = "MEMMON_CAPTURE_WINDOW", default_value = "60", value_parser = seconds("MEMMON_CAPTURE_WINDOW"))]
+    pub capture_window: u64,
+    /// Share of the targets' CPU time the allocator probes may cost (0.01 = 1%), averaged over
+    /// 10 minutes; capture windows shrink or wait to stay under it.
+    #[arg(long, env = "MEMMON_OVERHEAD_BUDGET", default_value = "0.01", allow_negative_numbers = true, value_parser = fraction("MEMMON_OVERHEAD_BUDGET"))]
+    pub overhead_budget: f64,
     /// Process to trace (repeat, or comma-separate in MEMMON_PID, for several).
     #[arg(long = "pid", env = "MEMMON_PID", value_delimiter = ',', required = true, value_name = "PID")]
     pub pids: Vec<u32>,
@@ -81,6 +126,26 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// Applies the preset to every option still at its default: `is_default(id)` says whether
+    /// the option with that clap id was left to its default (neither given nor in the
+    /// environment).
+    pub fn apply_preset(&mut self, is_default: impl Fn(&str) -> bool) {
+        let Some(preset) = self.preset else { return };
+        let (tier, leak_check, snapshot) = match preset {
+            Preset::Production => (Tier::AlwaysOn, 600, None),
+            Preset::Development => (Tier::Exact, 1, Some(1)),
+        };
+        if is_default("tier") {
+            self.tier = tier;
+        }
+        if is_default("leak_check_interval") {
+            self.leak_check_interval = leak_check;
+        }
+        if let Some(seconds) = snapshot.filter(|_| is_default("metrics_update_interval")) {
+            self.metrics_update_interval = seconds;
+        }
+    }
+
     /// Checks what clap cannot: relations between options and the file system.
     pub fn validate(&self) -> Result<()> {
         if self.profiling_enabled {
@@ -108,8 +173,13 @@ impl AgentConfig {
     pub fn tracer_options(&self) -> TracerOptions {
         TracerOptions {
             optimize_probe_sites: self.optimize_probe_sites,
+            allocator_probes: self.tier == Tier::Exact,
             ..self.tables.tracer_options()
         }
+    }
+
+    pub fn capture_window_length(&self) -> Duration {
+        Duration::from_secs(self.capture_window)
     }
 
     pub fn metrics_update_period(&self) -> Duration {
@@ -188,6 +258,15 @@ fn positive(variable: &'static str) -> impl Fn(&str) -> Result<f64, String> + Cl
     }
 }
 
+/// A share: a number > 0 and ≤ 1.
+fn fraction(variable: &'static str) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |text| match text.trim().parse::<f64>() {
+        Ok(value) if value > 0.0 && value <= 1.0 => Ok(value),
+        Ok(_) => Err(format!("must be a fraction > 0 and ≤ 1, e.g. 0.01 for 1% ({variable})")),
+        Err(_) => Err(format!("must be a number ({variable})")),
+    }
+}
+
 /// A finite number ≥ 0.
 fn non_negative(variable: &'static str) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
     move |text| match text.trim().parse::<f64>() {
@@ -212,7 +291,36 @@ mod tests {
     fn parse(args: &[&str]) -> Result<AgentConfig, String> {
         let mut argv = vec!["memmon", "--profiling-enabled", "false"];
         argv.extend_from_slice(args);
-        Cli::try_parse_from(argv).map(|cli| cli.config).map_err(|e| e.to_string())
+        let matches = <Cli as clap::CommandFactory>::command().try_get_matches_from(argv).map_err(|e| e.to_string())?;
+        let mut config = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).map_err(|e| e.to_string())?.config;
+        config.apply_preset(|id| matches.value_source(id) == Some(clap::parser::ValueSource::DefaultValue));
+        Ok(config)
+    }
+
+    #[test]
+    fn presets_set_defaults_and_explicit_options_win() {
+        let production = parse(&["--pid", "1", "--preset", "production"]).unwrap();
+        assert_eq!((production.tier, production.leak_check_interval, production.metrics_update_interval), (Tier::AlwaysOn, 600, 15));
+        assert_eq!((production.overhead_budget, production.capture_window), (0.01, 60));
+        let development = parse(&["--pid", "1", "--preset", "development"]).unwrap();
+        assert_eq!((development.tier, development.leak_check_interval, development.metrics_update_interval), (Tier::Exact, 1, 1));
+        let overridden = parse(&["--pid", "1", "--preset", "production", "--leak-check-interval", "30", "--tier", "exact"]).unwrap();
+        assert_eq!((overridden.tier, overridden.leak_check_interval), (Tier::Exact, 30));
+        let none = parse(&["--pid", "1"]).unwrap();
+        assert_eq!((none.tier, none.leak_check_interval), (Tier::Exact, 60));
+        let err = parse(&["--pid", "1", "--preset", "staging"]).unwrap_err();
+        assert!(err.contains("production") && err.contains("development"), "{err}");
+    }
+
+    #[test]
+    fn the_budget_is_a_fraction() {
+        for bad in ["0", "1.5", "-0.1", "lots"] {
+            let err = parse(&["--pid", "1", "--overhead-budget", bad]).unwrap_err();
+            assert!(err.contains("MEMMON_OVERHEAD_BUDGET"), "{bad}: {err}");
+        }
+        assert_eq!(parse(&["--pid", "1", "--overhead-budget", "0.05"]).unwrap().overhead_budget, 0.05);
+        let err = parse(&["--pid", "1", "--capture-window", "0"]).unwrap_err();
+        assert!(err.contains("MEMMON_CAPTURE_WINDOW"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod commands;
 pub mod config;
 pub mod launch;
+pub mod overhead;
 pub mod leaks;
 pub mod probe_site;
 pub mod profiles;

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, parser::ValueSource};
 use memmon::{agent, commands::Client, config::AgentConfig, profiles::report::ReportArgs};
 
 /// memmon: where a running process' memory goes, and what leaks.
@@ -66,15 +66,25 @@ enum Command {
     Report(ReportArgs),
 }
 
+fn run_agent(config: AgentConfig) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(agent::run(config)))
+        .map(|()| ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let result = match Cli::parse().command {
-        Command::Agent(config) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(agent::run(config)))
-            .map(|()| ExitCode::SUCCESS),
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    let result = match cli.command {
+        Command::Agent(mut config) => {
+            let agent_matches = matches.subcommand_matches("agent").expect("the agent subcommand was parsed");
+            config.apply_preset(|id| agent_matches.value_source(id) == Some(ValueSource::DefaultValue));
+            run_agent(config)
+        }
         Command::Status(client) => client.status(),
         Command::HealthCheck(client) => client.health_check(),
         Command::CheckLeaks { client, verbose } => client.check_leaks(verbose),

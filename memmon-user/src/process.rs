@@ -63,6 +63,41 @@ impl Process {
     pub fn memory(&self) -> Option<MemoryStatus> {
         fs::read_to_string(self.path("status")).ok().map(|s| MemoryStatus::parse(&s))
     }
+
+    /// CPU time the process used so far, user and system (ns; /proc's clock-tick resolution).
+    pub fn cpu_time_ns(&self) -> Option<u64> {
+        let stat = fs::read_to_string(self.path("stat")).ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Some(cpu_ticks(&stat)? * (1_000_000_000 / ticks_per_second))
+    }
+}
+
+impl Process {
+    /// The CPU time the process used per second of its life so far (ns/s).
+    pub fn lifetime_cpu_rate(&self) -> Option<f64> {
+        let stat = fs::read_to_string(self.path("stat")).ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let started = start_ticks(&stat)? as f64 / ticks_per_second;
+        let uptime: f64 = fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+        let cpu = cpu_ticks(&stat)? as f64 / ticks_per_second;
+        let age = (uptime - started).max(0.01);
+        Some(cpu / age * 1e9)
+    }
+}
+
+/// When the process started (field 22 of /proc/PID/stat), in clock ticks after boot.
+fn start_ticks(stat: &str) -> Option<u64> {
+    stat.get(stat.rfind(')')? + 1..)?.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// utime + stime (fields 14 and 15 of /proc/PID/stat), in clock ticks.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().skip(14 - 3);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
 }
 
 /// The brk heap: where it starts (`start_brk`) and ends (the program break).
@@ -157,6 +192,13 @@ mod tests {
         assert_eq!(stat.comm, "a) b (c");
         assert_eq!(stat.state, 'S');
         assert_eq!(stat.flags, 4194560);
+    }
+
+    #[test]
+    fn cpu_ticks_are_user_plus_system() {
+        let stat = "42 (a) b) S 1 42 42 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 1 0 100 0 0";
+        assert_eq!(cpu_ticks(stat), Some(281));
+        assert_eq!(start_ticks(stat), Some(100));
     }
 
     #[test]

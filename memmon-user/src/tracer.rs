@@ -13,7 +13,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map},
     programs::{
         TracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
 use memmon_common::{
@@ -23,6 +23,7 @@ use memmon_common::{
 
 use crate::{
     allocator::{self, Allocator},
+    overhead::{HitCosts, HitKind, ProgramCounts, calibrate},
     process::Process,
     process::HeapExtent,
     profiles::session::LiveBlock,
@@ -67,6 +68,9 @@ pub struct TracerOptions {
     pub optimize_probe_sites: bool,
     /// Kernel memory for unwind rows (`MEMMON_UNWIND_TABLE_MAX_MB`).
     pub unwind_table_max_mb: u32,
+    /// Attach the allocator probes at once (the exact tier). False: only the memory syscalls'
+    /// tracepoints, until [`Tracer::attach_allocator_probes`] (the always-on tier's windows).
+    pub allocator_probes: bool,
 }
 
 impl Default for TracerOptions {
@@ -76,6 +80,7 @@ impl Default for TracerOptions {
             programs: Programs::Tracking,
             optimize_probe_sites: true,
             unwind_table_max_mb: DEFAULT_TABLE_MAX_MB,
+            allocator_probes: true,
         }
     }
 }
@@ -101,6 +106,8 @@ pub struct Tracer {
     unwind: UnwindTables,
     /// Per target, the kernel's count of its code mappings when its tables were last synced.
     code_maps_seen: HashMap<u32, u64>,
+    /// The allocator probes while attached (None: not attached), with the program on each.
+    allocator_links: Option<Vec<(&'static str, UProbeLink)>>,
 }
 
 impl Tracer {
@@ -158,8 +165,13 @@ impl Tracer {
                 .with_context(|| format!("building unwind tables for pid {}", process.pid))?;
             let python = register_python(&mut ebpf, process.pid)?;
             let heap_at_attach = process.heap_extent();
-            attach_allocator(&mut ebpf, &process, &allocator, options.programs)?;
             targets.push(Target { process, allocator, heap_at_attach, python });
+        }
+        let mut links = Vec::new();
+        if options.allocator_probes {
+            for target in &targets {
+                links.extend(attach_allocator(&mut ebpf, &target.process, &target.allocator, options.programs)?);
+            }
         }
         if options.programs == Programs::Tracking {
             attach_memory_syscalls(&mut ebpf)?;
@@ -167,7 +179,104 @@ impl Tracer {
         let mut armed: Array<_, u32> = Array::try_from(ebpf.map_mut("ARMED").context("ARMED map")?)?;
         armed.set(0, 1, 0)?;
         let code_maps_seen = targets.iter().map(|t: &Target| (t.process.pid, 0)).collect();
-        Ok(Self { ebpf, targets, stacks: HashMap::new(), options, unwind, code_maps_seen })
+        let allocator_links = options.allocator_probes.then_some(links);
+        Ok(Self { ebpf, targets, stacks: HashMap::new(), options, unwind, code_maps_seen, allocator_links })
+    }
+
+    /// Whether the allocator probes are attached (always in the exact tier; during capture
+    /// windows in the always-on tier).
+    pub fn allocator_probes_attached(&self) -> bool {
+        self.allocator_links.is_some()
+    }
+
+    /// Attaches the allocator probes to every live target, on an empty heap view: blocks
+    /// allocated before now are unknown, and their frees count as untracked frees. All or
+    /// nothing.
+    pub fn attach_allocator_probes(&mut self) -> Result<()> {
+        if self.allocator_links.is_some() {
+            return Ok(());
+        }
+        self.forget_heap_tracking()?;
+        let mut links = Vec::new();
+        for target in self.targets.iter().filter(|t| t.process.is_alive()) {
+            match attach_allocator(&mut self.ebpf, &target.process, &target.allocator, self.options.programs) {
+                Ok(attached) => links.extend(attached),
+                Err(err) => {
+                    calibrate::detach_in_background(links.into_iter().map(|(_, link)| link).collect());
+                    return Err(err);
+                }
+            }
+        }
+        self.allocator_links = Some(links);
+        Ok(())
+    }
+
+    /// Detaches the allocator probes and forgets the heap they tracked: once frees can no
+    /// longer be seen, a block still live would read as a leak forever. Detaching waits for
+    /// the kernel, so it finishes on a thread of its own.
+    pub fn detach_allocator_probes(&mut self) -> Result<()> {
+        let Some(links) = self.allocator_links.take() else { return Ok(()) };
+        calibrate::detach_in_background(links.into_iter().map(|(_, link)| link).collect());
+        self.forget_heap_tracking()
+    }
+
+    /// Empties the live table, the heap sites and the calls in flight (program mappings, which
+    /// the syscall tracepoints keep following, stay).
+    fn forget_heap_tracking(&mut self) -> Result<()> {
+        let mut live: BpfHashMap<_, LiveKey, LiveAlloc> =
+            BpfHashMap::try_from(self.ebpf.map_mut("LIVE").context("LIVE map")?)?;
+        let keys: Vec<LiveKey> = live.keys().filter_map(|key| key.ok()).collect();
+        for key in keys {
+            let _ = live.remove(&key);
+        }
+        let mut sites: BpfHashMap<_, u64, SiteStats> =
+            BpfHashMap::try_from(self.ebpf.map_mut("SITES").context("SITES map")?)?;
+        let keys: Vec<u64> = sites.keys().filter_map(|key| key.ok()).collect();
+        for key in keys {
+            let _ = sites.remove(&key);
+        }
+        let pending = self.ebpf.map_mut("PENDING").context("PENDING map")?;
+        let mut pending: BpfHashMap<_, u64, memmon_common::PendingCall> = BpfHashMap::try_from(pending)?;
+        let keys: Vec<u64> = pending.keys().filter_map(|key| key.ok()).collect();
+        for key in keys {
+            let _ = pending.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Measures the cost of a probe hit on this machine (see `overhead::calibrate`).
+    pub fn calibrate_hit_costs(&mut self) -> Result<HitCosts> {
+        calibrate::measure(&mut self.ebpf)
+    }
+
+    /// Runs and run time so far of each allocator probe program, with how its hits are
+    /// charged (run time counts only while BPF statistics are enabled).
+    pub fn probe_program_counts(&self) -> Vec<(&'static str, HitKind, ProgramCounts)> {
+        let mut programs: Vec<(&'static str, HitKind)> = Vec::new();
+        let stepped: Vec<&str> = self
+            .targets
+            .iter()
+            .flat_map(|t| t.allocator.single_stepped().map(|site| site.function.entry_program))
+            .collect();
+        for (program, _) in self.allocator_links.iter().flatten() {
+            if programs.iter().any(|(name, _)| name == program) {
+                continue;
+            }
+            let kind = match *program {
+                "alloc_exit" | "empty_exit" => HitKind::Return,
+                name if stepped.contains(&name) => HitKind::EntrySingleStepped,
+                _ => HitKind::EntryEmulated,
+            };
+            programs.push((program, kind));
+        }
+        programs
+            .into_iter()
+            .filter_map(|(name, kind)| {
+                let program: &UProbe = self.ebpf.program(name)?.try_into().ok()?;
+                let info = program.info().ok()?;
+                Some((name, kind, ProgramCounts { runs: info.run_count(), run_time_ns: info.run_time().as_nanos() as u64 }))
+            })
+            .collect()
     }
 
     /// Traces one more process (a followed fork, or new allocator objects after an exec: pass
@@ -181,7 +290,9 @@ impl Tracer {
         }
         self.unwind.sync_process(pid).map_err(|err| gone_hint(&process, err))?;
         self.code_maps_seen.insert(pid, 0);
-        attach_allocator(&mut self.ebpf, &process, &allocator, self.options.programs)?;
+        if let Some(links) = self.allocator_links.as_mut() {
+            links.extend(attach_allocator(&mut self.ebpf, &process, &allocator, self.options.programs)?);
+        }
         let heap_at_attach = process.heap_extent();
         match self.targets.iter_mut().find(|t| t.process.pid == pid) {
             Some(target) => target.allocator.objects.extend(allocator.objects),
@@ -376,7 +487,13 @@ pub fn preflight(pids: &[u32]) -> Result<Vec<Process>> {
     Ok(processes)
 }
 
-fn attach_allocator(ebpf: &mut Ebpf, process: &Process, allocator: &Allocator, programs: Programs) -> Result<()> {
+fn attach_allocator(
+    ebpf: &mut Ebpf,
+    process: &Process,
+    allocator: &Allocator,
+    programs: Programs,
+) -> Result<Vec<(&'static str, UProbeLink)>> {
+    let mut links = Vec::new();
     let scope = UProbeScope::OneProcess(NonZeroU32::new(process.pid).expect("pid 0 rejected"));
     // Returns first, then entries; see the ARMED map for why the order is harmless. An
     // allocating function's entry and return probes share its site, which may lie past the
@@ -398,16 +515,23 @@ fn attach_allocator(ebpf: &mut Ebpf, process: &Process, allocator: &Allocator, p
                 let cookie = (!returns && programs == Programs::Tracking && site.cookie() != 0).then(|| site.cookie());
                 let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(site.file_offset), cookie };
                 let probe: &mut UProbe = ebpf.program_mut(program).expect("loaded").try_into()?;
-                probe
+                let attached = probe
                     .attach(point, &path, scope)
                     .map_err(|err| gone_hint(process, anyhow!(err)))
                     .with_context(|| {
                         format!("attaching {program} to {} in {} (pid {})", site.function.symbol, object.path, process.pid)
-                    })?;
+                    });
+                match attached.and_then(|id| Ok(probe.take_link(id)?)) {
+                    Ok(link) => links.push((program, link)),
+                    Err(err) => {
+                        calibrate::detach_in_background(links.into_iter().map(|(_, link)| link).collect());
+                        return Err(err);
+                    }
+                }
             }
         }
     }
-    Ok(())
+    Ok(links)
 }
 
 /// Finds `pid`'s Python interpreter and, for a walked version, tells the kernel walker where

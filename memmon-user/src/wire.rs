@@ -111,6 +111,74 @@ pub struct Status {
     /// The stack walker's tables: objects, rows, memory, build time, and what is missing.
     #[serde(default)]
     pub unwind: crate::unwind::UnwindStats,
+    /// The tier, whether the allocator probes are attached, and the capture windows.
+    #[serde(default)]
+    pub capture: CaptureStatus,
+    /// What the allocator probes are estimated to cost the targets, against the budget.
+    #[serde(default)]
+    pub overhead: OverheadStatus,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CaptureStatus {
+    /// "exact" or "always-on".
+    pub tier: String,
+    pub allocator_probes_attached: bool,
+    /// MEMMON_CAPTURE_WINDOW, seconds.
+    pub window_seconds: u64,
+    /// The open window, if any.
+    pub open: Option<CaptureWindow>,
+    /// Closed windows, newest first (the last 20).
+    pub closed: Vec<CaptureWindow>,
+    /// Windows opened so far, by trigger ("growth", "requested").
+    pub opened: BTreeMap<String, u64>,
+    /// Windows the budget refused or postponed, and the latest reason.
+    pub refused: u64,
+    pub last_refusal: Option<String>,
+}
+
+/// A capture window: the allocator probes attached for a while, in the always-on tier.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CaptureWindow {
+    /// "growth" (the leak detector saw the process grow) or "requested" (start-profiling).
+    pub trigger: String,
+    /// What opened it, e.g. the growth indicator's summary.
+    pub cause: String,
+    pub pids: Vec<u32>,
+    /// The profile written of the window, when profiling is enabled.
+    pub profile_id: Option<String>,
+    pub started_at: String,
+    /// How long it was allowed (the wanted length, or less under the budget), and how long it
+    /// lasted (so far).
+    pub planned_seconds: f64,
+    pub elapsed_seconds: f64,
+    /// Why it closed ("window length reached", "overhead budget", …).
+    pub reason: Option<String>,
+    /// Estimated cost of its probes (CPU seconds of the targets).
+    pub estimated_cost_seconds: f64,
+    /// The sites that allocated during the window and still held it at its close: where the
+    /// growth went. Their blocks are forgotten with the window (their frees can no longer be
+    /// seen, so they are never reported as leaks).
+    pub top_sites: Vec<SiteSummary>,
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OverheadStatus {
+    /// MEMMON_OVERHEAD_BUDGET: the share of the targets' CPU the probes may cost.
+    pub budget: f64,
+    /// The estimated share over the last 10 minutes: (hits × calibrated trap cost + BPF run
+    /// time) ÷ the targets' CPU time (before attach: at their average rate). An estimate.
+    pub estimate: f64,
+    /// Since attach: the probes' estimated cost and the targets' CPU time.
+    pub estimated_cost_seconds: f64,
+    pub target_cpu_seconds: f64,
+    /// What the budget still allows over the horizon (CPU seconds; negative: overspent, windows
+    /// wait).
+    pub allowance_seconds: f64,
+    /// Measured at start: ns per probe hit by kind (None: calibration failed).
+    pub hit_costs: Option<crate::overhead::HitCosts>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

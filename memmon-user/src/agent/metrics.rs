@@ -31,6 +31,40 @@ fn int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// The tier, the capture windows and the overhead estimate against the budget.
+fn capture_metrics(registry: &Registry, capture: &crate::wire::CaptureStatus, overhead: &crate::wire::OverheadStatus) -> Result<()> {
+    let tier = gauge(registry, "memmon_tier", "The agent's tier (value 1): exact, or always-on with capture windows.", &["tier"])?;
+    tier.with_label_values(&[capture.tier.as_str()]).set(1);
+    let open = gauge(registry, "memmon_capture_window_open", "1 while a capture window holds the allocator probes (always-on tier).", &[])?;
+    open.with_label_values::<&str>(&[]).set(i64::from(capture.open.is_some()));
+    let windows = counter(registry, "memmon_capture_windows_total", "Capture windows opened, by trigger (growth, requested).", &["trigger"])?;
+    for trigger in ["growth", "requested"] {
+        windows.with_label_values(&[trigger]).inc_by(capture.opened.get(trigger).copied().unwrap_or(0));
+    }
+    let refused = counter(registry, "memmon_capture_windows_refused_total", "Capture windows the overhead budget refused.", &[])?;
+    refused.with_label_values::<&str>(&[]).inc_by(capture.refused);
+    let float_gauge = |name: &str, help: &str, value: f64| -> Result<()> {
+        let metric = prometheus::Gauge::with_opts(Opts::new(name, help))?;
+        registry.register(Box::new(metric.clone()))?;
+        metric.set(value);
+        Ok(())
+    };
+    float_gauge("memmon_overhead_budget_ratio", "MEMMON_OVERHEAD_BUDGET: the share of the targets' CPU the allocator probes may cost.", overhead.budget)?;
+    float_gauge("memmon_overhead_estimate_ratio", "Estimated share of the targets' CPU the allocator probes cost so far (hits x calibrated trap cost + BPF run time).", overhead.estimate)?;
+    float_gauge("memmon_overhead_allowance_seconds", "CPU time the overhead budget still allows the probes (negative: overdrawn).", overhead.allowance_seconds)?;
+    let cost = Counter::with_opts(Opts::new("memmon_overhead_estimated_seconds_total", "Estimated CPU time the allocator probes cost the targets."))?;
+    registry.register(Box::new(cost.clone()))?;
+    cost.inc_by(overhead.estimated_cost_seconds.max(0.0));
+    if let Some(costs) = overhead.hit_costs {
+        let hit = GaugeVec::new(Opts::new("memmon_probe_hit_cost_seconds", "Calibrated cost of one probe hit on this machine, by kind."), &["kind"])?;
+        registry.register(Box::new(hit.clone()))?;
+        hit.with_label_values(&["entry_emulated"]).set(costs.entry_emulated_ns / 1e9);
+        hit.with_label_values(&["entry_single_stepped"]).set(costs.entry_single_stepped_ns / 1e9);
+        hit.with_label_values(&["return"]).set(costs.return_ns / 1e9);
+    }
+    Ok(())
+}
+
 /// The stack walker's tables, and the sites whose stacks end early.
 fn unwind_metrics(registry: &Registry, unwind: &crate::unwind::UnwindStats) -> Result<()> {
     let objects = gauge(registry, "memmon_unwind_objects", "Objects (executables, libraries) with an unwind table in the kernel.", &[])?;
@@ -87,6 +121,8 @@ pub fn render(agent: &mut Agent) -> Result<String> {
     registry.register(Box::new(agent_cpu.clone()))?;
     let agent_memory = gauge(&registry, "memmon_agent_resident_memory_bytes", "Resident memory of the memmon agent itself.", &[])?;
     unwind_metrics(&registry, &agent.unwind_stats())?;
+    let status = agent.status();
+    capture_metrics(&registry, &status.capture, &status.overhead)?;
 
     let snapshot = agent.snapshot().clone();
     let top_k = agent.config().metrics_top_sites as usize;
@@ -100,7 +136,10 @@ pub fn render(agent: &mut Agent) -> Result<String> {
         peak.with_label_values(&labels).set(int(memory.peak_rss_bytes));
         alive.with_label_values(&labels).set(i64::from(running));
         info.with_label_values(&[labels[0], labels[1], target.allocator.name, target.allocator.object()]).set(1);
-        let probe_count: usize = target.allocator.objects.iter().map(|o| o.sites.len()).sum();
+        let probe_count: usize = match agent.tracer().allocator_probes_attached() {
+            true => target.allocator.objects.iter().map(|o| o.sites.len()).sum(),
+            false => 0,
+        };
         probes.with_label_values(&labels).set(int(probe_count as u64));
         let sites = snapshot.sites.iter().filter(|s| s.pid == pid);
         let (mut bytes, mut blocks, mut stats) = (0u64, 0u64, memmon_common::SiteStats::default());
@@ -160,7 +199,6 @@ pub fn render(agent: &mut Agent) -> Result<String> {
         let comm = comms.get(pid).cloned().unwrap_or_default();
         leaks.with_label_values(&[&pid.to_string(), &comm, kind, severity]).inc_by(*count);
     }
-    let status = agent.status();
     leak_checks.with_label_values(&[] as &[&str]).inc_by(status.leak_checks);
     if status.profiling_enabled {
         for state in ["running", "finished", "truncated", "failed"] {

@@ -105,6 +105,15 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     for line in attached {
         eprintln!("{line}");
     }
+    match config.tier {
+        crate::config::Tier::Exact => eprintln!("memmon: tier exact: every allocation is tracked from now on"),
+        crate::config::Tier::AlwaysOn => eprintln!(
+            "memmon: tier always-on: no allocator probes until growth opens a capture window of {} s \
+             (overhead budget {}% of the targets' CPU)",
+            config.capture_window,
+            config.overhead_budget * 100.0
+        ),
+    }
     eprintln!("memmon: control API on http://{address}");
     let server = tokio::spawn(api::serve(listener, agent.clone()));
 

@@ -8,12 +8,13 @@ use std::{
 
 use anyhow::Result;
 
+mod capture;
 mod profiling;
 pub use profiling::Refusal;
 
 use crate::{
     allocator::Allocator,
-    config::AgentConfig,
+    config::{AgentConfig, Tier},
     leaks::{CheckInput, Detector, SitePoint},
     process::MemoryStatus,
     profiles::store::ProfileDir,
@@ -43,12 +44,22 @@ pub struct Agent {
     /// Indicators reported so far, by (pid, kind, severity): memmon_leaks_detected_total.
     leaks_detected: BTreeMap<(u32, String, String), u64>,
     profiler: profiling::Profiler,
+    capture: capture::Capture,
 }
 
 impl Agent {
     /// Attaches to every configured pid and takes a first snapshot.
     pub fn start(config: AgentConfig) -> Result<Self> {
-        let tracer = Tracer::attach(&config.pids, config.tracer_options())?;
+        let mut tracer = Tracer::attach(&config.pids, config.tracer_options())?;
+        let costs = match tracer.calibrate_hit_costs() {
+            Ok(costs) => Some(costs),
+            Err(err) => {
+                log::warn!("calibrating the cost of a probe hit failed: {err:#}; the overhead estimate stays 0");
+                None
+            }
+        };
+        let prior_cpu_rate = tracer.targets().iter().filter_map(|t| t.process.lifetime_cpu_rate()).sum();
+        let capture = capture::Capture::new(config.tier, config.overhead_budget, prior_cpu_rate, costs);
         let mut symbolizer = Symbolizer::new();
         for target in tracer.targets() {
             symbolizer.observe(target.process.pid);
@@ -77,7 +88,9 @@ impl Agent {
             last_check_at: None,
             leaks_detected: BTreeMap::new(),
             profiler: profiling::Profiler::new(profile_dir),
+            capture,
         };
+        agent.start_overhead_accounting();
         agent.refresh()?;
         Ok(agent)
     }
@@ -150,13 +163,21 @@ impl Agent {
             if !self.alive.get(&pid).copied().unwrap_or(false) {
                 continue;
             }
+            // The always-on tier watches the heap as the kernel sees it (brk, anonymous
+            // mappings); sites exist only inside capture windows, which attribute growth.
+            let exact = self.config.tier == Tier::Exact;
             let sites: Vec<&SiteSample> =
-                self.snapshot.sites.iter().filter(|s| s.pid == pid && s.live_bytes() > 0).collect();
+                self.snapshot.sites.iter().filter(|s| exact && s.pid == pid && s.live_bytes() > 0).collect();
+            let process = self.snapshot.processes.iter().find(|p| p.pid == pid);
+            let heap_live_bytes = match exact {
+                true => sites.iter().map(|s| s.live_bytes()).sum(),
+                false => process.map_or(0, |p| p.brk_heap_bytes() + p.program_mapped_bytes() + p.allocator_mapped_bytes()),
+            };
             let input = CheckInput {
                 at_seconds,
                 pid,
                 rss_bytes: self.memory.get(&pid).map_or(0, |m| m.rss_bytes),
-                heap_live_bytes: sites.iter().map(|s| s.live_bytes()).sum(),
+                heap_live_bytes,
                 sites: sites
                     .iter()
                     .map(|s| SitePoint { site: s.id, live_bytes: s.live_bytes(), live_count: s.live_count() })
@@ -204,6 +225,28 @@ impl Agent {
         }
         self.leak_checks += 1;
         self.last_check_at = Some(Instant::now());
+        let growth = self.indicators.iter().find(|i| {
+            matches!(i.kind.as_str(), "rss_growth" | "heap_growth") && matches!(i.severity.as_str(), "warning" | "critical")
+        });
+        if let Some(growth) = growth.map(|i| (format!("{} {}: {}", i.kind, i.severity, i.summary), i.pid)) {
+            self.growth_seen(growth.0, growth.1);
+        }
+    }
+
+    /// The top `limit` sites by live bytes, symbolized.
+    fn summarize_sites(&mut self, limit: usize) -> Vec<wire::SiteSummary> {
+        self.snapshot
+            .top_live(limit)
+            .into_iter()
+            .map(|s| wire::SiteSummary {
+                site: self.symbolizer.site(s.pid, &s.frames, s.truncated),
+                pid: s.pid,
+                live_bytes: s.live_bytes(),
+                live_allocations: s.live_count(),
+                allocated_bytes: s.stats.alloc_bytes,
+                allocations: s.stats.alloc_count,
+            })
+            .collect()
     }
 
     pub fn status(&self) -> wire::Status {
@@ -227,7 +270,7 @@ impl Agent {
             attached: true,
             pids: targets.iter().map(|t| t.pid).collect(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
-            mode: "exact".into(),
+            mode: self.config.tier.name().into(),
             events_lost: self.events_lost(),
             targets,
             snapshots: self.snapshots,
@@ -240,6 +283,8 @@ impl Agent {
             profiling_enabled: self.config.profiling_enabled,
             profiles: self.profiles(),
             unwind: self.unwind_stats(),
+            capture: self.capture_status(),
+            overhead: self.overhead_status(),
         }
     }
 
@@ -264,20 +309,7 @@ impl Agent {
     }
 
     pub fn memory_summary(&mut self) -> Result<wire::MemorySummary> {
-        let top = self.config.top as usize;
-        let top_sites: Vec<wire::SiteSummary> = self
-            .snapshot
-            .top_live(top)
-            .into_iter()
-            .map(|s| wire::SiteSummary {
-                site: self.symbolizer.site(s.pid, &s.frames, s.truncated),
-                pid: s.pid,
-                live_bytes: s.live_bytes(),
-                live_allocations: s.live_count(),
-                allocated_bytes: s.stats.alloc_bytes,
-                allocations: s.stats.alloc_count,
-            })
-            .collect();
+        let top_sites = self.summarize_sites(self.config.top as usize);
         let mut by_module: BTreeMap<String, Bucket> = BTreeMap::new();
         for site in self.snapshot.sites.iter().filter(|s| s.live_bytes() > 0) {
             // A Python site belongs to the source file of its innermost Python frame; any other
@@ -338,7 +370,11 @@ impl Agent {
             checks.push(wire::HealthCheck { name: name.into(), status: status.into(), detail });
         };
         let targets = self.tracer.targets();
-        check("probes_attached", "ok", format!("{} target(s), allocator probes and syscall tracepoints attached", targets.len()));
+        let attached = match self.tracer.allocator_probes_attached() {
+            true => "allocator probes and syscall tracepoints attached",
+            false => "syscall tracepoints attached; allocator probes only in capture windows (always-on tier)",
+        };
+        check("probes_attached", "ok", format!("{} target(s), {attached}", targets.len()));
         let alive = targets.iter().filter(|t| self.alive.get(&t.process.pid).copied().unwrap_or(false)).count();
         match alive {
             0 => check("target_alive", "failed", "every target has exited".into()),
@@ -371,6 +407,18 @@ impl Agent {
             } else {
                 format!("{losses} events lost, not growing")
             },
+        );
+        let overhead = self.overhead_status();
+        check(
+            "overhead",
+            // The exact tier keeps its probes whatever they cost: the operator asked for them.
+            if self.capture_over_budget() && self.config.tier == Tier::AlwaysOn { "degraded" } else { "ok" },
+            format!(
+                "allocator probes cost an estimated {:.2}% of the targets' CPU (budget {:.2}%, MEMMON_OVERHEAD_BUDGET{})",
+                overhead.estimate * 100.0,
+                overhead.budget * 100.0,
+                if self.config.tier == Tier::Exact { ", enforced in the always-on tier only" } else { "" }
+            ),
         );
         let symbolized = self.snapshot.top_live(1).first().map(|s| (s.pid, s.frames.clone()));
         match symbolized {

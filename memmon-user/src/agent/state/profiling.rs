@@ -85,10 +85,51 @@ impl Agent {
         })
     }
 
-    /// Starts a session over `pids` (every traced process when empty).
+    /// Starts a session over `pids` (every traced process when empty). In the always-on tier
+    /// it opens a capture window for the session, which the overhead budget may shorten.
     pub fn start_profiling(&mut self, minutes: Option<f64>, pids: &[u32]) -> Result<wire::ProfileInfo, Refusal> {
         self.profile_dir()?;
         let duration = self.requested_duration(minutes)?;
+        if self.config.tier == crate::config::Tier::Exact {
+            return self.start_session(duration, pids);
+        }
+        self.check_pids(pids)?;
+        let planned = self.begin_window(duration)?;
+        match self.start_session(planned, pids) {
+            Ok(info) => {
+                let id = ProfileId::parse(&info.profile_id).ok();
+                self.window_opened(super::capture::Trigger::Requested, "start-profiling".into(), planned, info.pids.clone(), id);
+                Ok(info)
+            }
+            Err(refusal) => {
+                self.abort_window();
+                Err(refusal)
+            }
+        }
+    }
+
+    pub(super) fn profiler_enabled(&self) -> bool {
+        self.profiler.dir.is_some()
+    }
+
+    pub(super) fn session_running(&self, id: &ProfileId) -> bool {
+        self.profiler.sessions.iter().any(|s| &s.id == id && s.is_running())
+    }
+
+    fn check_pids(&self, pids: &[u32]) -> Result<(), Refusal> {
+        let traced: Vec<u32> = self.tracer.targets().iter().map(|t| t.process.pid).collect();
+        if let Some(stranger) = pids.iter().find(|pid| !traced.contains(pid)) {
+            return Err(Refusal::BadRequest(format!(
+                "pid {stranger} is not traced by this agent (it traces {})",
+                traced.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts a session of `duration` over `pids` with the probes as they are.
+    pub(super) fn start_session(&mut self, duration: Duration, pids: &[u32]) -> Result<wire::ProfileInfo, Refusal> {
+        self.profile_dir()?;
         let traced: Vec<u32> = self.tracer.targets().iter().map(|t| t.process.pid).collect();
         if let Some(stranger) = pids.iter().find(|pid| !traced.contains(pid)) {
             return Err(Refusal::BadRequest(format!(
@@ -215,6 +256,7 @@ impl Agent {
     /// snapshot on their timelines and checkpoints when due, and as soon as it is time, the end
     /// of those past their duration or whose targets have all exited.
     pub fn tick_profiles(&mut self) {
+        self.tick_capture();
         if self.profiler.dir.is_some() && self.profiler.last_cleanup.is_none_or(|at| at.elapsed() >= CLEANUP_PERIOD) {
             match self.cleanup_profiles(None) {
                 Ok(cleanup) if !cleanup.removed.is_empty() => {
@@ -260,7 +302,7 @@ impl Agent {
     }
 
     /// Ends the running sessions `which` selects, with a last checkpoint on a fresh snapshot.
-    fn end_sessions(&mut self, which: impl Fn(&Session) -> bool, reason: &'static str) {
+    pub(super) fn end_sessions(&mut self, which: impl Fn(&Session) -> bool, reason: &'static str) {
         if let Err(err) = self.refresh() {
             log::warn!("final snapshot for the profiling sessions failed: {err:#}; ending them with their last checkpoint");
         }

@@ -1,0 +1,359 @@
+//! The always-on tier and its capture windows, and the overhead budget over both tiers.
+//!
+//! In the always-on tier no allocator probe is attached: the leak detector's process-wide
+//! analysis runs on RSS (/proc) and on the heap as the kernel sees it (brk and anonymous
+//! mappings, from the memory syscalls' tracepoints), which cost nothing per allocation. When it
+//! sees growth (a warning or worse), or an operator starts a profiling session, a *capture
+//! window* opens: the allocator probes attach on an empty heap view for MEMMON_CAPTURE_WINDOW
+//! seconds (or the session's length), the growth is attributed to the sites that allocated
+//! during the window and still hold it, a profile of the window is written, and the probes
+//! detach.
+//!
+//! When a window closes, the blocks still live in it are forgotten with the live table: their
+//! frees can no longer be seen, so keeping them would report them as leaks forever. They are
+//! what the window's record (`status`) and profile show, as "still live at the window's close".
+//!
+//! Every probe hit is charged to the overhead budget (see `overhead`); windows are shortened to
+//! what the budget allows, close early when it runs dry, and wait while it is overdrawn. In the
+//! exact tier the estimate is reported, and the health check degrades above the budget, but the
+//! probes stay: the operator asked for every allocation.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    os::fd::OwnedFd,
+    time::{Duration, Instant},
+};
+
+use super::{Agent, Refusal};
+use crate::{
+    config::Tier,
+    overhead::{Budget, HitCosts, HitKind, ProgramCounts},
+    profiles::id::ProfileId,
+    wire,
+};
+
+/// Closed windows listed in `status`.
+const CLOSED_KEPT: usize = 20;
+/// Sites named in a window's record.
+const WINDOW_TOP_SITES: usize = 5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Growth,
+    Requested,
+}
+
+impl Trigger {
+    fn name(self) -> &'static str {
+        match self {
+            Trigger::Growth => "growth",
+            Trigger::Requested => "requested",
+        }
+    }
+}
+
+struct Window {
+    trigger: Trigger,
+    cause: String,
+    pids: Vec<u32>,
+    session: Option<ProfileId>,
+    started_at: jiff::Timestamp,
+    opened: Instant,
+    planned: Duration,
+    cost_ns: f64,
+}
+
+pub struct Capture {
+    tier: Tier,
+    costs: Option<HitCosts>,
+    budget: Budget,
+    window: Option<Window>,
+    closed: VecDeque<wire::CaptureWindow>,
+    opened: BTreeMap<String, u64>,
+    refused: u64,
+    last_refusal: Option<String>,
+    /// The programs' counts and the targets' CPU time at the last accounting.
+    counts_base: Vec<(&'static str, HitKind, ProgramCounts)>,
+    cpu_base_ns: u64,
+    /// BPF run-time statistics stay enabled while this is held (while probes are attached).
+    stats: Option<OwnedFd>,
+}
+
+impl Capture {
+    /// `prior_cpu_rate`: the targets' CPU ns per second before attach (see `Budget`).
+    pub fn new(tier: Tier, budget: f64, prior_cpu_rate: f64, costs: Option<HitCosts>) -> Self {
+        Self {
+            tier,
+            costs,
+            budget: Budget::new(budget, prior_cpu_rate),
+            window: None,
+            closed: VecDeque::new(),
+            opened: BTreeMap::new(),
+            refused: 0,
+            last_refusal: None,
+            counts_base: Vec::new(),
+            cpu_base_ns: 0,
+            stats: None,
+        }
+    }
+
+    /// Whether the estimate is above the budget (the health check's concern).
+    pub fn over_budget(&self) -> bool {
+        self.budget.estimate() > self.budget.fraction
+    }
+}
+
+impl Agent {
+    /// At start: the probes' statistics on (exact tier) and the CPU baseline.
+    pub(super) fn start_overhead_accounting(&mut self) {
+        if self.tracer.allocator_probes_attached() {
+            self.capture.stats = enable_stats();
+        }
+        self.capture.cpu_base_ns = self.targets_cpu_ns();
+        self.capture.counts_base = self.tracer.probe_program_counts();
+    }
+
+    /// Charges what the probes did since the last accounting to the budget (and the open
+    /// window), and credits the targets' CPU time.
+    fn account_overhead(&mut self) {
+        let cpu_now = self.targets_cpu_ns();
+        let cpu = cpu_now.saturating_sub(self.capture.cpu_base_ns);
+        let counts = self.tracer.probe_program_counts();
+        let cost = match self.capture.costs {
+            Some(costs) => {
+                let paired: Vec<(HitKind, ProgramCounts, ProgramCounts)> = counts
+                    .iter()
+                    .map(|(name, kind, now)| {
+                        let before = self.capture.counts_base.iter().find(|(n, _, _)| n == name).map_or(*now, |(_, _, c)| *c);
+                        (*kind, before, *now)
+                    })
+                    .collect();
+                costs.estimate_ns(&paired)
+            }
+            None => 0.0,
+        };
+        self.capture.budget.account(self.started.elapsed().as_secs_f64(), cpu, cost);
+        if let Some(window) = self.capture.window.as_mut() {
+            window.cost_ns += cost;
+        }
+        self.capture.cpu_base_ns = cpu_now;
+        self.capture.counts_base = counts;
+    }
+
+    fn targets_cpu_ns(&self) -> u64 {
+        self.tracer.targets().iter().filter_map(|t| t.process.cpu_time_ns()).sum()
+    }
+
+    /// Plans a window of at most `wanted` under the budget and attaches the probes for it.
+    pub(super) fn begin_window(&mut self, wanted: Duration) -> Result<Duration, Refusal> {
+        if let Some(window) = &self.capture.window {
+            return Err(Refusal::Conflict(format!(
+                "a capture window ({}, {}) is open for another {:.0} s; profiles need the allocator probes, which \
+                 it holds: wait for it or stop its profile",
+                window.trigger.name(),
+                window.cause,
+                window.planned.saturating_sub(window.opened.elapsed()).as_secs_f64()
+            )));
+        }
+        self.account_overhead();
+        let Some(planned) = self.capture.budget.window(wanted) else {
+            let message = format!(
+                "the overhead budget (MEMMON_OVERHEAD_BUDGET={}) is spent: the allocator probes cost an estimated \
+                 {:.2}% of the targets' CPU over the last 10 minutes, {:.3} s of allowance left; windows resume as \
+                 the cost leaves the horizon",
+                self.capture.budget.fraction,
+                self.capture.budget.estimate() * 100.0,
+                self.capture.budget.allowance_ns() / 1e9
+            );
+            self.capture.refused += 1;
+            self.capture.last_refusal = Some(message.clone());
+            return Err(Refusal::Conflict(message));
+        };
+        self.tracer
+            .attach_allocator_probes()
+            .map_err(|err| Refusal::Conflict(format!("attaching the allocator probes failed: {err:#}")))?;
+        self.capture.stats = enable_stats();
+        self.capture.counts_base = self.tracer.probe_program_counts();
+        self.capture.cpu_base_ns = self.targets_cpu_ns();
+        Ok(planned)
+    }
+
+    /// The window `begin_window` planned is open (with its session's profile, if any).
+    pub(super) fn window_opened(
+        &mut self,
+        trigger: Trigger,
+        cause: String,
+        planned: Duration,
+        pids: Vec<u32>,
+        session: Option<ProfileId>,
+    ) {
+        log::info!("capture window opened ({}, {:.0} s): {cause}", trigger.name(), planned.as_secs_f64());
+        *self.capture.opened.entry(trigger.name().to_string()).or_default() += 1;
+        self.capture.window = Some(Window {
+            trigger,
+            cause,
+            pids,
+            session,
+            started_at: jiff::Timestamp::now(),
+            opened: Instant::now(),
+            planned,
+            cost_ns: 0.0,
+        });
+    }
+
+    /// `begin_window` succeeded but the window could not start: the probes go again.
+    pub(super) fn abort_window(&mut self) {
+        if let Err(err) = self.tracer.detach_allocator_probes() {
+            log::warn!("detaching the allocator probes failed: {err:#}");
+        }
+        self.capture.stats = None;
+    }
+
+    /// The leak check saw the process grow: in the always-on tier, attribute it.
+    pub(super) fn growth_seen(&mut self, cause: String, pid: u32) {
+        if self.capture.tier != Tier::AlwaysOn || self.capture.window.is_some() {
+            return;
+        }
+        let planned = match self.begin_window(self.config.capture_window_length()) {
+            Ok(planned) => planned,
+            Err(refusal) => {
+                log::warn!("growth not attributed: {}", refusal.message());
+                return;
+            }
+        };
+        let session = match self.profiler_enabled() {
+            true => match self.start_session(planned, &[]) {
+                Ok(info) => ProfileId::parse(&info.profile_id).ok(),
+                Err(refusal) => {
+                    log::warn!("the capture window writes no profile: {}", refusal.message());
+                    None
+                }
+            },
+            false => None,
+        };
+        let pids = if session.is_some() { self.tracer.targets().iter().map(|t| t.process.pid).collect() } else { vec![pid] };
+        self.window_opened(Trigger::Growth, cause, planned, pids, session);
+    }
+
+    /// Several times a second: accounting, and the end of a window that is due (its length
+    /// reached, its profile ended, or the budget spent).
+    pub(super) fn tick_capture(&mut self) {
+        // Between windows this only credits the targets' CPU time.
+        self.account_overhead();
+        let Some(window) = &self.capture.window else { return };
+        let session_ended = window.session.as_ref().is_some_and(|id| !self.session_running(id));
+        let reason = if self.capture.budget.exhausted() {
+            Some("overhead budget spent")
+        } else if session_ended {
+            Some("its profile ended")
+        } else if window.opened.elapsed() >= window.planned {
+            Some("window length reached")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.close_window(reason);
+        }
+    }
+
+    /// Closes the open window: records where its growth went, ends its profile, detaches the
+    /// probes and forgets the blocks they tracked.
+    pub(super) fn close_window(&mut self, reason: &'static str) {
+        let Some(session) = self.capture.window.as_ref().map(|w| w.session.clone()) else { return };
+        if let Some(id) = session.filter(|id| self.session_running(id)) {
+            self.end_sessions(|session| session.id == id, reason);
+        }
+        if let Err(err) = self.refresh() {
+            log::warn!("the capture window's last snapshot failed: {err:#}");
+        }
+        self.account_overhead();
+        let window = self.capture.window.take().expect("checked above");
+        let elapsed = window.opened.elapsed();
+        let cost_ns = window.cost_ns;
+        let top_sites = self.summarize_sites(WINDOW_TOP_SITES);
+        let record = wire::CaptureWindow {
+            trigger: window.trigger.name().into(),
+            cause: window.cause,
+            pids: window.pids,
+            profile_id: window.session.as_ref().map(ToString::to_string),
+            started_at: window.started_at.to_string(),
+            planned_seconds: window.planned.as_secs_f64(),
+            elapsed_seconds: elapsed.as_secs_f64(),
+            reason: Some(reason.into()),
+            estimated_cost_seconds: cost_ns / 1e9,
+            live_bytes: self.snapshot.live_bytes(),
+            live_allocations: self.snapshot.live_count(),
+            top_sites,
+        };
+        log::info!(
+            "capture window closed ({reason}) after {:.1} s: {} B live in {} blocks from it",
+            elapsed.as_secs_f64(),
+            record.live_bytes,
+            record.live_allocations
+        );
+        self.capture.budget.window_closed(elapsed, cost_ns);
+        self.capture.closed.push_front(record);
+        self.capture.closed.truncate(CLOSED_KEPT);
+        if self.capture.tier == Tier::AlwaysOn {
+            self.abort_window();
+            if let Err(err) = self.refresh() {
+                log::warn!("snapshot after the capture window failed: {err:#}");
+            }
+        }
+    }
+
+    pub(super) fn capture_status(&self) -> wire::CaptureStatus {
+        let open = self.capture.window.as_ref().map(|window| wire::CaptureWindow {
+            trigger: window.trigger.name().into(),
+            cause: window.cause.clone(),
+            pids: window.pids.clone(),
+            profile_id: window.session.as_ref().map(ToString::to_string),
+            started_at: window.started_at.to_string(),
+            planned_seconds: window.planned.as_secs_f64(),
+            elapsed_seconds: window.opened.elapsed().as_secs_f64(),
+            estimated_cost_seconds: window.cost_ns / 1e9,
+            live_bytes: self.snapshot.live_bytes(),
+            live_allocations: self.snapshot.live_count(),
+            ..wire::CaptureWindow::default()
+        });
+        wire::CaptureStatus {
+            tier: self.capture.tier.name().into(),
+            allocator_probes_attached: self.tracer.allocator_probes_attached(),
+            window_seconds: self.config.capture_window,
+            open,
+            closed: self.capture.closed.iter().cloned().collect(),
+            opened: self.capture.opened.clone(),
+            refused: self.capture.refused,
+            last_refusal: self.capture.last_refusal.clone(),
+        }
+    }
+
+    pub(super) fn overhead_status(&self) -> wire::OverheadStatus {
+        let budget = &self.capture.budget;
+        let estimate = budget.estimate();
+        wire::OverheadStatus {
+            budget: budget.fraction,
+            estimate,
+            estimated_cost_seconds: budget.spent_ns() / 1e9,
+            target_cpu_seconds: budget.target_cpu_ns() / 1e9,
+            allowance_seconds: budget.allowance_ns() / 1e9,
+            hit_costs: self.capture.costs,
+        }
+    }
+
+    pub(super) fn capture_over_budget(&self) -> bool {
+        self.capture.over_budget()
+    }
+}
+
+/// BPF run-time statistics on, for as long as the descriptor lives (the kernel counts runs and
+/// run time only while someone holds one).
+fn enable_stats() -> Option<OwnedFd> {
+    match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => Some(fd),
+        Err(err) => {
+            log::warn!("BPF run-time statistics unavailable ({err}): the kernel counts no probe runs, so the overhead estimate stays 0");
+            None
+        }
+    }
+}
