@@ -71,6 +71,8 @@ pub struct TracerOptions {
     /// Attach the allocator probes at once (the exact tier). False: only the memory syscalls'
     /// tracepoints, until [`Tracer::attach_allocator_probes`] (the always-on tier's windows).
     pub allocator_probes: bool,
+    /// Measure the cost of a probe hit before attaching (the agent's overhead estimate).
+    pub calibrate: bool,
 }
 
 impl Default for TracerOptions {
@@ -81,6 +83,7 @@ impl Default for TracerOptions {
             optimize_probe_sites: true,
             unwind_table_max_mb: DEFAULT_TABLE_MAX_MB,
             allocator_probes: true,
+            calibrate: false,
         }
     }
 }
@@ -108,6 +111,8 @@ pub struct Tracer {
     code_maps_seen: HashMap<u32, u64>,
     /// The allocator probes while attached (None: not attached), with the program on each.
     allocator_links: Option<Vec<(&'static str, UProbeLink)>>,
+    /// What a probe hit costs here, when calibrated.
+    hit_costs: Option<HitCosts>,
 }
 
 impl Tracer {
@@ -153,6 +158,13 @@ impl Tracer {
                 program.load().with_context(|| format!("verifier rejected {name}"))?;
             }
         }
+        // Before any target is probed, so that calibrating delays nothing it would count.
+        let hit_costs = match options.calibrate {
+            true => calibrate::measure(&mut ebpf)
+                .map_err(|err| log::warn!("calibrating the cost of a probe hit failed: {err:#}; the overhead estimate stays 0"))
+                .ok(),
+            false => None,
+        };
         let mut unwind = UnwindTables::new(&mut ebpf, options.unwind_table_max_mb)?;
         let mut targets = Vec::new();
         for (process, allocator) in found {
@@ -180,7 +192,7 @@ impl Tracer {
         armed.set(0, 1, 0)?;
         let code_maps_seen = targets.iter().map(|t: &Target| (t.process.pid, 0)).collect();
         let allocator_links = options.allocator_probes.then_some(links);
-        Ok(Self { ebpf, targets, stacks: HashMap::new(), options, unwind, code_maps_seen, allocator_links })
+        Ok(Self { ebpf, targets, stacks: HashMap::new(), options, unwind, code_maps_seen, allocator_links, hit_costs })
     }
 
     /// Whether the allocator probes are attached (always in the exact tier; during capture
@@ -244,9 +256,9 @@ impl Tracer {
         Ok(())
     }
 
-    /// Measures the cost of a probe hit on this machine (see `overhead::calibrate`).
-    pub fn calibrate_hit_costs(&mut self) -> Result<HitCosts> {
-        calibrate::measure(&mut self.ebpf)
+    /// The cost of a probe hit on this machine, if calibrated (see `overhead::calibrate`).
+    pub fn hit_costs(&self) -> Option<HitCosts> {
+        self.hit_costs
     }
 
     /// Runs and run time so far of each allocator probe program, with how its hits are

@@ -286,6 +286,11 @@ impl Agent {
         Self { child, url, stderr: Some(stderr) }
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Runs `memmon COMMAND --agent URL ARGS`; returns (exit code, stdout, stderr).
     pub fn command(&self, command: &str, args: &[&str]) -> (i32, String, String) {
         let output = Command::new(memmon_binary())

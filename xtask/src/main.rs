@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+use setup::Scope;
 
 #[derive(Parser)]
 #[command(about = "memmon developer tasks")]
@@ -25,7 +26,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install the eBPF toolchain (LLVM 22, rust-src for nightly, bpf-linker); idempotent.
-    Setup,
+    Setup {
+        /// Also what the tests and benchmarks need (cargo xtask test/bench install it anyway).
+        #[arg(long)]
+        tests: bool,
+    },
     /// Build everything in release mode (runs setup first if anything is missing).
     Build,
     /// Run `memmon agent ARGS`; with no ARGS, run the bundled leaking demo and attach to it.
@@ -54,20 +59,21 @@ fn main() {
 
 fn run(task: Task) -> Result<()> {
     match task {
-        Task::Setup => setup::run(),
-        Task::Build => build(),
+        Task::Setup { tests } => setup::run(if tests { Scope::Test } else { Scope::Build }),
+        Task::Build => build(Scope::Build),
         Task::Run { args } => {
-            build()?;
+            build(Scope::Build)?;
             if args.is_empty() { demo() } else { agent(&args) }
         }
         Task::Bench => {
-            build()?;
+            build(Scope::Test)?;
             cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench"], &[])?;
             cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-unwind"], &[])?;
-            cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-launch"], &[])
+            cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-launch"], &[])?;
+            cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-production"], &[])
         }
         Task::Test { args } => {
-            build()?;
+            build(Scope::Test)?;
             cargo(&["test", "--release"], &args)
         }
     }
@@ -77,9 +83,9 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
 }
 
-fn build() -> Result<()> {
-    if !setup::is_complete() {
-        setup::run()?;
+fn build(scope: Scope) -> Result<()> {
+    if !setup::is_complete(scope) {
+        setup::run(scope)?;
     }
     cargo(&["build", "--release"], &[])
 }

@@ -8,20 +8,29 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-/// The eBPF build needs LLVM 22; the integration tests need compilers for their targets, the
-/// third-party allocators they run those targets under (LD_PRELOAD), Prometheus (promtool
-/// checks the agent's /metrics), Go (`go tool pprof` reads memmon's profiles), headless
-/// Chromium, which draws `memmon report flamegraph`'s SVG to check its frames are there, with a
-/// font to lay out the frame labels in (chromium only recommends fonts-liberation, and recommended
-/// packages are not installed here), gdb, whose backtraces are the oracle of the stack tests, and
-/// real programs from Debian that the tests attach to: python3.11 and redis-server (on jemalloc,
+/// What a task needs installed: building memmon and running the bundled demo, or also the
+/// tests and benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Build,
+    Test,
+}
+
+/// The eBPF build needs LLVM 22; the demo needs a C compiler.
+const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "gcc"];
+
+/// The integration tests and benchmarks need compilers for their targets, the third-party
+/// allocators they run those targets under (LD_PRELOAD), Prometheus (promtool checks the
+/// agent's /metrics), Go (`go tool pprof` reads memmon's profiles), headless Chromium, which
+/// draws `memmon report flamegraph`'s SVG to check its frames are there, with a font to lay out
+/// the frame labels in (chromium only recommends fonts-liberation, and recommended packages are
+/// not installed here), gdb, whose backtraces are the oracle of the stack tests, and real
+/// programs from Debian that the tests attach to: python3.11 and redis-server (on jemalloc,
 /// whose probes must all be cheap; redis-tools brings redis-benchmark). `memmon run` is checked
 /// against valgrind's memcheck on real programs: valgrind itself, Tcl's tclsh8.6 and git (perl,
-/// sort and python3.11 are there already).
-const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "gcc",
+/// sort and python3.11 are there already). The benchmarks compare with heaptrack (which attaches
+/// through gdb) and read the kernel's per-program run times with bpftool.
+const TEST_PACKAGES: &[&str] = &[
     "g++",
     "libjemalloc2",
     "libtcmalloc-minimal4",
@@ -37,28 +46,40 @@ const APT_PACKAGES: &[&str] = &[
     "valgrind",
     "tcl8.6",
     "git",
+    "heaptrack",
+    "bpftool",
 ];
+
+fn packages(scope: Scope) -> Vec<&'static str> {
+    let mut packages = BUILD_PACKAGES.to_vec();
+    if scope == Scope::Test {
+        packages.extend_from_slice(TEST_PACKAGES);
+    }
+    packages
+}
+
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Installs whatever is missing; prints one line per step.
-pub fn run() -> Result<()> {
-    apt_packages()?;
+pub fn run(scope: Scope) -> Result<()> {
+    apt_packages(scope)?;
     rust_src()?;
     bpf_linker()?;
     Ok(())
 }
 
 /// Whether everything is in place (cheap: used before every build/run/test).
-pub fn is_complete() -> bool {
-    APT_PACKAGES.iter().all(|p| deb_installed(p)) && rust_src_installed() && bpf_linker_ok()
+pub fn is_complete(scope: Scope) -> bool {
+    packages(scope).iter().all(|p| deb_installed(p)) && rust_src_installed() && bpf_linker_ok()
 }
 
-fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !deb_installed(p)).collect();
+fn apt_packages(scope: Scope) -> Result<()> {
+    let wanted = packages(scope);
+    let missing: Vec<&str> = wanted.iter().copied().filter(|p| !deb_installed(p)).collect();
     if missing.is_empty() {
-        println!("setup: Debian packages {} already installed", APT_PACKAGES.join(", "));
+        println!("setup: Debian packages {} already installed", wanted.join(", "));
         return Ok(());
     }
     if !is_root() {

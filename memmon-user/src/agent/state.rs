@@ -20,7 +20,7 @@ use crate::{
     profiles::store::ProfileDir,
     snapshot::{SiteSample, Snapshot},
     symbolize::Symbolizer,
-    tracer::Tracer,
+    tracer::{Tracer, TracerOptions},
     wire::{self, Bucket, LeakIndicator},
 };
 
@@ -50,14 +50,8 @@ pub struct Agent {
 impl Agent {
     /// Attaches to every configured pid and takes a first snapshot.
     pub fn start(config: AgentConfig) -> Result<Self> {
-        let mut tracer = Tracer::attach(&config.pids, config.tracer_options())?;
-        let costs = match tracer.calibrate_hit_costs() {
-            Ok(costs) => Some(costs),
-            Err(err) => {
-                log::warn!("calibrating the cost of a probe hit failed: {err:#}; the overhead estimate stays 0");
-                None
-            }
-        };
+        let tracer = Tracer::attach(&config.pids, TracerOptions { calibrate: true, ..config.tracer_options() })?;
+        let costs = tracer.hit_costs();
         let prior_cpu_rate = tracer.targets().iter().filter_map(|t| t.process.lifetime_cpu_rate()).sum();
         let capture = capture::Capture::new(config.tier, config.overhead_budget, prior_cpu_rate, costs);
         let mut symbolizer = Symbolizer::new();

@@ -19,7 +19,7 @@ use aya::{
 
 use super::HitCosts;
 
-const CALLS: u32 = 4000;
+const CALLS: u32 = 2000;
 const ROUNDS: usize = 3;
 
 /// Starts with an instruction the kernel emulates when probed.
