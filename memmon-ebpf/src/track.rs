@@ -25,6 +25,9 @@ use memmon_common::{
     track::{CallEvent, FunctionCounters, FunctionSiteKey, FunctionSiteStats, InFlightCall},
 };
 
+/// `bpf_ringbuf_output` flag: do not notify the reader.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
 use crate::{
     alloc::{RETURN_ADDRESS_BYTES, user_sp},
     counters::add,
@@ -126,7 +129,9 @@ pub fn exit(ctx: &RetProbeContext) {
         net_bytes: slot.alloc_bytes.saturating_sub(own_freed_bytes),
         net_count: slot.alloc_count.saturating_sub(own_freed_count),
     };
-    if TRACK_EVENTS.output::<CallEvent>(&event, 0).is_err() {
+    // No wakeup: waking the reader raises an interrupt, which on a VM costs microseconds per
+    // call (measured: 7 µs of this program's 7.3); the drain reads the ring every few ms.
+    if TRACK_EVENTS.output::<CallEvent>(&event, BPF_RB_NO_WAKEUP).is_err() {
         count(function, |c| &mut c.lost_event_dropped);
     }
 }

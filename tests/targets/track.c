@@ -14,6 +14,8 @@
  *   jump                  one call that longjmps out of handle_request (its return unseen)
  *   thread_exit           one call on a new thread that calls pthread_exit inside it
  *   release               frees every kept block (outside any call)
+ *   time N                N calls as `requests N`, answered "ns <nanoseconds per call>" (the
+ *                         benchmark's cost per tracked call)
  *
  * `kept` is a data object and `warn` is also a libc function: the error cases of the tests.
  */
@@ -22,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define SCRATCH 300
 #define REPLY 200
@@ -187,6 +190,15 @@ int main(void)
             pthread_create(&thread, NULL, exit_inside, NULL);
             pthread_join(thread, NULL);
             mode = NORMAL;
+        } else if (sscanf(line, "time %u", &n) == 1) {
+            struct timespec start, end;
+            clock_gettime(CLOCK_MONOTONIC, &start);
+            for (unsigned id = 0; id < n; id++)
+                handle_request(id, 0);
+            clock_gettime(CLOCK_MONOTONIC, &end);
+            double ns = (end.tv_sec - start.tv_sec) * 1e9 + (end.tv_nsec - start.tv_nsec);
+            printf("ns %.0f\n", ns / (n ? n : 1));
+            continue;
         } else if (!strcmp(line, "release")) {
             for (unsigned i = 0; i < kept_count; i++)
                 free(kept[i]);
