@@ -186,6 +186,9 @@ fn tracked_functions_text(out: &mut String, functions: &[TrackedFunction]) {
             "    {} in {object} (pid {}, {site}): {} calls, {} lost{lost}, {} in flight, {} nested",
             f.function, f.pid, f.calls, f.lost_calls, f.in_flight, f.nested_calls
         );
+        if f.site_table_full > 0 {
+            let _ = writeln!(out, "      {} allocations missing from its stacks below: site table full (raise MEMMON_MAX_SITES)", f.site_table_full);
+        }
         for (name, bytes) in [("net", &f.net_bytes), ("allocated", &f.allocated_bytes)] {
             let _ = writeln!(
                 out,

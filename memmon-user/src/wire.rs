@@ -161,6 +161,14 @@ pub struct TrackedFunction {
     pub in_flight: u64,
     /// Calls of tracked functions made inside a tracked call (recursion): part of the outer.
     pub nested_calls: u64,
+    /// Returns seen with no call in flight (a call begun before attach; the second return of
+    /// a tail call), ignored.
+    #[serde(default)]
+    pub orphan_returns: u64,
+    /// Allocations inside calls that found no room in the per-function site table: counted in
+    /// the calls, missing from `top_sites` (raise MEMMON_MAX_SITES).
+    #[serde(default)]
+    pub site_table_full: u64,
     /// Allocations and frees by the calls' threads during the calls, and the blocks still
     /// live at return.
     pub allocations: u64,

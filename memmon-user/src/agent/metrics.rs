@@ -226,6 +226,7 @@ fn function_metrics(agent: &mut Agent, samples: &[crate::track::FunctionSample],
     let high = counter(&registry, "memmon_function_high_usage_calls_total", "Tracked calls that allocated more than MEMMON_HIGH_USAGE_THRESHOLD_MB.", &labels)?;
     let freed = counter(&registry, "memmon_function_freed_bytes_total", "Bytes of tracked blocks the calls' threads freed during tracked calls.", &labels)?;
     let allocations = counter(&registry, "memmon_function_allocations_total", "Allocations made during tracked calls by their threads.", &labels)?;
+    let unpaired = counter(&registry, "memmon_function_unpaired_events_total", "Tracked-function events not in any call, by kind: orphan_return (a return with no call in flight, ignored), site_table_full (an allocation inside a call missing from the per-function site table; raise MEMMON_MAX_SITES).", &["pid", "comm", "function", "kind"])?;
     let in_flight = gauge(&registry, "memmon_function_calls_in_flight", "Tracked calls started and not yet returned.", &labels)?;
     let sites = counter(&registry, "memmon_function_site_allocated_bytes_total", "Bytes allocated inside each tracked function by its top allocation stacks.", &["pid", "comm", "function", "site"])?;
     let frames_of: std::collections::HashMap<u64, Vec<u64>> =
@@ -242,6 +243,8 @@ fn function_metrics(agent: &mut Agent, samples: &[crate::track::FunctionSample],
             lost.with_label_values(&[values[0], values[1], values[2], reason]).inc_by(count);
         }
         nested.with_label_values(&values).inc_by(sample.counters.nested);
+        unpaired.with_label_values(&[values[0], values[1], values[2], "orphan_return"]).inc_by(sample.counters.orphan_returns);
+        unpaired.with_label_values(&[values[0], values[1], values[2], "site_table_full"]).inc_by(sample.counters.site_table_full);
         slow.with_label_values(&values).inc_by(sample.stats.slow_calls);
         high.with_label_values(&values).inc_by(sample.stats.high_usage_calls);
         freed.with_label_values(&values).inc_by(sample.stats.freed_bytes);

@@ -471,6 +471,8 @@ fn tracked_function(sample: &crate::track::FunctionSample) -> wire::TrackedFunct
         lost: sample.lost().iter().map(|(reason, n)| (reason.to_string(), *n)).collect(),
         in_flight: sample.in_flight,
         nested_calls: sample.counters.nested,
+        orphan_returns: sample.counters.orphan_returns,
+        site_table_full: sample.counters.site_table_full,
         allocations: stats.allocations,
         frees: stats.frees,
         freed_bytes: stats.freed_bytes,
