@@ -124,7 +124,10 @@ fn dashboards_and_alerts_work_on_a_real_prometheus() {
     let churning = Target::start_args("patterns", &["churn"]);
     // A 1 MiB high-usage threshold puts the info-level indicator in play too.
     let fast = ["--metrics-update-interval", "1", "--leak-check-interval", "1", "--high-usage-threshold-mb", "1"];
-    let leak_agent = Agent::start(leaking.pid(), &fast);
+    // The leaking pattern's leak_steadily keeps 1024 bytes per call: the per-call panels and
+    // the per-call alert have data.
+    let tracked = [&fast[..], &["--track-function", "leak_steadily"]].concat();
+    let leak_agent = Agent::start(leaking.pid(), &tracked);
     let churn_agent = Agent::start(churning.pid(), &fast);
     let prometheus = Prometheus::start(&[&leak_agent, &churn_agent]);
     prometheus.wait_for("both agents scraped", |p| {

@@ -49,6 +49,9 @@ pub struct PendingCall {
     pub old_size: u64,
     pub old_site: u64,
     pub old_timestamp_ns: u64,
+    /// realloc: the old block's `LiveAlloc::call_thread`.
+    pub old_call_thread: u32,
+    pub _pad: u32,
 }
 
 /// Key of the live-allocation table.
@@ -68,6 +71,10 @@ pub struct LiveAlloc {
     pub site: u64,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at allocation.
     pub timestamp_ns: u64,
+    /// The thread (tid) whose tracked call was in flight when it allocated this block, or 0.
+    /// With `timestamp_ns` it says which call allocated the block (`track`).
+    pub call_thread: u32,
+    pub _pad: u32,
 }
 
 /// Monotonic per-site counters; live = allocated - freed. Updated with atomic adds only.
@@ -471,6 +478,102 @@ pub mod python {
     }
 }
 
+/// Per-call memory of tracked functions (`--track-function`): the kernel side is
+/// `memmon-ebpf/src/track.rs`, userspace `memmon-user/src/track/`.
+///
+/// A thread has at most one tracked call in flight: the outermost call of any tracked function.
+/// Calls of tracked functions made inside it (recursion, or another tracked function) are part
+/// of it. A block belongs to the call in flight on thread T that started at `start_ns` when
+/// its `call_thread` is T and its `timestamp_ns >= start_ns`: the call's start and the block's
+/// allocation are read from the same monotonic clock on the same thread, in that order.
+pub mod track {
+    /// Tracked (process, function) pairs at most; a pair's index is its probes' attach cookie.
+    pub const MAX_TRACKED: u32 = 64;
+    /// Bytes of the ring buffer completed calls are sent through (a power of two of pages).
+    pub const EVENT_RING_BYTES: u32 = 1 << 22;
+
+    /// The tracked call in flight on a thread (`pid_tgid` → this), reused call after call.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct InFlightCall {
+        /// 1 while a call is in flight; 0 when the slot is idle.
+        pub active: u32,
+        /// Index of the tracked function (`MAX_TRACKED`).
+        pub function: u32,
+        /// Stack pointer at the function's entry: calls below it are nested, a stack pointer
+        /// above it means the call's frame is gone.
+        pub entry_sp: u64,
+        pub start_ns: u64,
+        /// What this thread allocated during the call (its own thread only writes these).
+        pub alloc_bytes: u64,
+        pub alloc_count: u64,
+        /// Tracked blocks this thread freed during the call, whoever allocated them.
+        pub freed_bytes: u64,
+        pub free_count: u64,
+        /// Blocks allocated during the call and freed before it returned, by any thread
+        /// (atomic adds): net = alloc - own_freed.
+        pub own_freed_bytes: u64,
+        pub own_freed_count: u64,
+    }
+
+    /// A completed call, sent to userspace through the ring buffer.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct CallEvent {
+        pub function: u32,
+        pub tid: u32,
+        pub start_ns: u64,
+        pub duration_ns: u64,
+        pub alloc_bytes: u64,
+        pub alloc_count: u64,
+        pub freed_bytes: u64,
+        pub free_count: u64,
+        /// Allocated during the call and still live at its return.
+        pub net_bytes: u64,
+        pub net_count: u64,
+    }
+
+    /// Per tracked function, monotonic (atomic adds).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FunctionCounters {
+        /// Outermost calls started.
+        pub started: u64,
+        /// Entries while a tracked call was in flight on the thread (counted in that call).
+        pub nested: u64,
+        /// Calls whose frame was found gone without their return being seen (longjmp,
+        /// exception unwinding, a missed return).
+        pub lost_unwound: u64,
+        /// Calls in flight when their thread exited.
+        pub lost_thread_exit: u64,
+        /// Completed calls whose record the ring buffer had no room for.
+        pub lost_event_dropped: u64,
+        /// Calls not measured: the in-flight table was full.
+        pub lost_table_full: u64,
+        /// Returns with no call in flight (calls that began before attach, the second return
+        /// of a tail call).
+        pub orphan_returns: u64,
+        /// Allocations inside calls whose (function, site) counters found no room.
+        pub site_table_full: u64,
+    }
+
+    /// Key of the per-function allocation sites: what stacks allocate inside a function.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct FunctionSiteKey {
+        pub site: u64,
+        pub function: u32,
+        pub _pad: u32,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FunctionSiteStats {
+        pub alloc_bytes: u64,
+        pub alloc_count: u64,
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -488,6 +591,11 @@ mod pod {
     unsafe impl aya::Pod for unwind::ExecMapping {}
     unsafe impl aya::Pod for unwind::MappingRange {}
     unsafe impl aya::Pod for python::PythonProcess {}
+    unsafe impl aya::Pod for track::InFlightCall {}
+    unsafe impl aya::Pod for track::CallEvent {}
+    unsafe impl aya::Pod for track::FunctionCounters {}
+    unsafe impl aya::Pod for track::FunctionSiteKey {}
+    unsafe impl aya::Pod for track::FunctionSiteStats {}
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use memmon_common::{AllocKind, BIRTH_UNIT_SHIFT, LiveAlloc, LiveKey, Loss, Pendi
 use crate::{
     counters::{add, lose},
     maps::{ARMED, LIVE, PENDING, SITES, SIZE_HISTOGRAM, TARGETS, site_counters, take_block},
-    stack,
+    stack, track,
 };
 
 /// How far the stack pointer moves between a function's first instruction and its return:
@@ -24,9 +24,9 @@ use crate::{
 /// return, and a tail call (memalign jumping to malloc) still reaches the next function's site
 /// with the same stack pointer.
 #[cfg(bpf_target_arch = "x86_64")]
-const RETURN_ADDRESS_BYTES: u64 = 8;
+pub const RETURN_ADDRESS_BYTES: u64 = 8;
 #[cfg(not(bpf_target_arch = "x86_64"))]
-const RETURN_ADDRESS_BYTES: u64 = 0;
+pub const RETURN_ADDRESS_BYTES: u64 = 0;
 
 /// The registers a stack walk starts from, at a probe.
 #[inline(always)]
@@ -39,7 +39,7 @@ fn stack_regs(regs: *mut pt_regs) -> stack::UserRegs {
 }
 
 #[inline(always)]
-fn user_sp(regs: *mut pt_regs) -> u64 {
+pub fn user_sp(regs: *mut pt_regs) -> u64 {
     let regs = unsafe { &*regs };
     #[cfg(bpf_target_arch = "x86_64")]
     return regs.rsp;
@@ -90,15 +90,15 @@ pub fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, ptr_arg: u64) {
     let tgid = (thread >> 32) as u32;
     // realloc's old block leaves the live table now, before the allocator can hand its address
     // to another thread; the exit puts it back if the call failed.
-    let (old_size, old_site, old_timestamp_ns) = match kind {
+    let (old_size, old_site, old_timestamp_ns, old_call_thread) = match kind {
         AllocKind::Realloc if ptr_arg != 0 => match take_live(tgid, ptr_arg) {
-            Some(block) => (block.size, block.site, block.timestamp_ns),
+            Some(block) => (block.size, block.site, block.timestamp_ns, block.call_thread),
             None => {
                 count_untracked_free(tgid);
-                (0, 0, 0)
+                (0, 0, 0, 0)
             }
         },
-        _ => (0, 0, 0),
+        _ => (0, 0, 0, 0),
     };
     let call = PendingCall {
         size,
@@ -109,6 +109,8 @@ pub fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, ptr_arg: u64) {
         old_size,
         old_site,
         old_timestamp_ns,
+        old_call_thread,
+        _pad: 0,
     };
     // The thread's slot is reused call after call (an update in place, not an insert and a
     // delete per allocation); the LRU map drops the slots of threads that are gone.
@@ -168,6 +170,7 @@ pub fn exit(ctx: &RetProbeContext) {
             if ret != 0 || call.size == 0 {
                 if call.old_timestamp_ns != 0 {
                     credit_free(call.old_site, call.old_size, call.old_timestamp_ns);
+                    track::freed(thread, &old_block(&call));
                 }
             } else {
                 restore_old_block(tgid, &call);
@@ -184,7 +187,7 @@ pub fn exit(ctx: &RetProbeContext) {
         _ => ret,
     };
     if allocated != 0 {
-        record(stack_regs(ctx.regs), tgid, allocated, call.size);
+        record(stack_regs(ctx.regs), thread, allocated, call.size);
     }
 }
 
@@ -199,7 +202,10 @@ pub fn free(addr: u64) {
     let thread = bpf_get_current_pid_tgid();
     let tgid = (thread >> 32) as u32;
     match take_live(tgid, addr) {
-        Some(block) => credit_free(block.site, block.size, block.timestamp_ns),
+        Some(block) => {
+            credit_free(block.site, block.size, block.timestamp_ns);
+            track::freed(thread, &block);
+        }
         // An allocator's own inner free (realloc(p, 0)'s) is not the program's.
         None if !in_allocator_call(thread) => count_untracked_free(tgid),
         None => {}
@@ -218,7 +224,8 @@ fn count_untracked_free(tgid: u32) {
 
 /// Records a successful allocation of `size` bytes at `addr`.
 #[inline(always)]
-fn record(regs: stack::UserRegs, tgid: u32, addr: u64, size: u64) {
+fn record(regs: stack::UserRegs, thread: u64, addr: u64, size: u64) {
+    let tgid = (thread >> 32) as u32;
     let Some(site) = stack::current_site(regs, tgid) else {
         lose(Loss::StackCaptureFailed);
         return;
@@ -228,7 +235,10 @@ fn record(regs: stack::UserRegs, tgid: u32, addr: u64, size: u64) {
         return;
     };
     let key = LiveKey { addr, tgid, _pad: 0 };
-    let block = LiveAlloc { size, site, timestamp_ns: unsafe { bpf_ktime_get_ns() } };
+    // A tracked call in flight on the thread: the block is tagged as its (see `track`).
+    let call = track::current_call(thread, regs.sp);
+    let call_thread = if call.is_some() { thread as u32 } else { 0 };
+    let block = LiveAlloc { size, site, timestamp_ns: unsafe { bpf_ktime_get_ns() }, call_thread, _pad: 0 };
     if LIVE.insert(key, block, BPF_NOEXIST as u64).is_err() {
         // Either the table is full, or the allocator handed out an address we still think is
         // live: its free was missed. (Checked only on failure: the common path is one insert.)
@@ -242,6 +252,9 @@ fn record(regs: stack::UserRegs, tgid: u32, addr: u64, size: u64) {
             lose(Loss::LiveTableFull);
             return;
         }
+    }
+    if let Some(call) = call {
+        track::allocated(call, site, size);
     }
     let stats = unsafe { &mut *stats };
     add(&mut stats.alloc_bytes, size);
@@ -275,10 +288,20 @@ fn restore_old_block(tgid: u32, call: &PendingCall) {
         return;
     }
     let key = LiveKey { addr: call.ptr_arg, tgid, _pad: 0 };
-    let block =
-        LiveAlloc { size: call.old_size, site: call.old_site, timestamp_ns: call.old_timestamp_ns };
-    if LIVE.insert(key, block, BPF_NOEXIST as u64).is_err() {
+    if LIVE.insert(key, old_block(call), BPF_NOEXIST as u64).is_err() {
         lose(Loss::LiveTableFull);
         credit_free(call.old_site, call.old_size, call.old_timestamp_ns);
+    }
+}
+
+/// A realloc's old block, as it was in the live table.
+#[inline(always)]
+fn old_block(call: &PendingCall) -> LiveAlloc {
+    LiveAlloc {
+        size: call.old_size,
+        site: call.old_site,
+        timestamp_ns: call.old_timestamp_ns,
+        call_thread: call.old_call_thread,
+        _pad: 0,
     }
 }

@@ -12,6 +12,7 @@ mod alloc;
 mod counters;
 mod maps;
 mod stack;
+mod track;
 mod syscalls;
 mod python;
 mod unwind;
@@ -143,6 +144,28 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     alloc::free(Args::of(&ctx).get(0));
+    0
+}
+
+/// A tracked function's entry (`--track-function`); the attach cookie says which.
+#[uprobe]
+pub fn track_enter(ctx: ProbeContext) -> u32 {
+    track::enter(&ctx);
+    0
+}
+
+/// A tracked function's return, at the same site as its entry.
+#[uretprobe]
+pub fn track_exit(ctx: RetProbeContext) -> u32 {
+    track::exit(&ctx);
+    0
+}
+
+/// Attached to sched:sched_process_exit, which fires for every exiting thread: a tracked call
+/// in flight on it never returns.
+#[tracepoint]
+pub fn track_thread_exit(_ctx: TracePointContext) -> u32 {
+    track::thread_exited();
     0
 }
 

@@ -3,13 +3,14 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use memmon_common::{
     DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, LOSS_REASONS, LiveAlloc, LiveKey,
     MAX_MAPPINGS, MAX_PENDING_CALLS, MAX_TARGETS, PendingCall, PendingSyscall, ProcessMemory,
     SIZE_HISTOGRAM_ENTRIES, SiteStats, StackTrace,
     python::PythonProcess,
+    track::{EVENT_RING_BYTES, FunctionCounters, FunctionSiteKey, FunctionSiteStats, InFlightCall, MAX_TRACKED},
     unwind::{DEFAULT_TABLE_MAX_MB, ExecMapping, MAPPING_TABLE_ENTRIES, MAX_OBJECTS, MappingRange, Object, PageRows, Row},
 };
 
@@ -103,6 +104,28 @@ pub static TARGET_MAPPINGS: HashMap<u32, MappingRange> = HashMap::with_max_entri
 /// CPython targets: where their thread states are and which native frames are eval loops.
 #[map]
 pub static PYTHON_TARGETS: HashMap<u32, PythonProcess> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// 1 when functions are tracked (`track`); the allocator paths skip tracking otherwise.
+#[map]
+pub static TRACKING: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The tracked call in flight on each thread (`pid_tgid`); a thread's slot is removed when it
+/// exits. Resized at load (1 entry when nothing is tracked).
+#[map]
+pub static TRACK_CALLS: HashMap<u64, InFlightCall> = HashMap::with_max_entries(MAX_PENDING_CALLS, 0);
+
+/// Per tracked function: calls started, nested, lost by reason.
+#[map]
+pub static TRACK_COUNTERS: Array<FunctionCounters> = Array::with_max_entries(MAX_TRACKED, 0);
+
+/// Completed tracked calls, to userspace. Resized at load.
+#[map]
+pub static TRACK_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+/// What each allocation stack allocated inside each tracked function. Resized at load.
+#[map]
+pub static TRACK_SITES: HashMap<FunctionSiteKey, FunctionSiteStats> =
+    HashMap::with_max_entries(DEFAULT_MAX_SITES, BPF_F_NO_PREALLOC);
 
 /// Removes the block at `addr` of process `tgid` from a block table (LIVE or MAPPINGS) and
 /// returns it; `None` if untracked, or taken meanwhile by another CPU.

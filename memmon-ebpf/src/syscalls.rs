@@ -120,7 +120,7 @@ fn owner(thread: u64, tgid: u32, call: &PendingSyscall) -> u64 {
 #[inline(always)]
 fn track(process: &mut ProcessMemory, tgid: u32, addr: u64, size: u64, site: u64, timestamp_ns: u64) {
     let key = LiveKey { addr, tgid, _pad: 0 };
-    if MAPPINGS.insert(key, LiveAlloc { size, site, timestamp_ns }, BPF_NOEXIST as u64).is_err() {
+    if MAPPINGS.insert(key, LiveAlloc { size, site, timestamp_ns, call_thread: 0, _pad: 0 }, BPF_NOEXIST as u64).is_err() {
         lose(Loss::MappingTableFull);
         return;
     }

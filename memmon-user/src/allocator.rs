@@ -289,7 +289,7 @@ fn is_cxx_runtime(object: &str, exe: Option<&str>) -> bool {
 }
 
 /// Distinct file-backed objects with executable mappings, in map order.
-fn mapped_objects(maps: &str) -> Vec<&str> {
+pub(crate) fn mapped_objects(maps: &str) -> Vec<&str> {
     let mut seen = BTreeMap::new();
     for line in maps.lines() {
         let mut fields = line.split_whitespace();

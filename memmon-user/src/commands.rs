@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     report::{SiteView, human_bytes, site_table},
-    wire::{ApiError, Bucket, Health, Leaks, MemorySummary, ProbeSiteStatus, Site, Status},
+    wire::{ApiError, Bucket, Health, Leaks, MemorySummary, ProbeSiteStatus, Site, Status, TrackedFunction},
 };
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +154,7 @@ fn status_text(status: &Status) -> String {
     );
     unwind_text(&mut out, &status.unwind);
     capture_text(&mut out, &status.capture, &status.overhead);
+    tracked_functions_text(&mut out, &status.tracked_functions);
     profiling::profiles_text(&mut out, status.profiling_enabled, &status.profiles);
     if lost == 0 {
         out.push_str("  events lost: none\n");
@@ -212,6 +213,89 @@ fn capture_text(out: &mut String, capture: &crate::wire::CaptureStatus, overhead
         overhead.budget * 100.0,
         overhead.allowance_seconds
     );
+}
+
+/// Per tracked function: calls, losses, and the per-call measures (with the stacks allocating
+/// inside it, when the answer has them).
+fn tracked_functions_text(out: &mut String, functions: &[TrackedFunction]) {
+    if functions.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "  tracked functions (per call; percentiles over each one's latest calls):");
+    for f in functions {
+        let object = f.object.rsplit('/').next().unwrap_or(&f.object);
+        let site = match (f.probe_offset, f.emulated) {
+            (0, true) => "probed at its entry".to_string(),
+            (offset, true) => format!("probed at +{offset}"),
+            (offset, false) => format!("probed at +{offset}, single-stepped (expensive)"),
+        };
+        let lost: Vec<String> = f.lost.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
+        let lost = if lost.is_empty() { String::new() } else { format!(" ({})", lost.join(", ")) };
+        let _ = writeln!(
+            out,
+            "    {} in {object} (pid {}, {site}): {} calls, {} lost{lost}, {} in flight, {} nested",
+            f.function, f.pid, f.calls, f.lost_calls, f.in_flight, f.nested_calls
+        );
+        if f.site_table_full > 0 {
+            let _ = writeln!(out, "      {} allocations missing from its stacks below: site table full (raise MEMMON_MAX_SITES)", f.site_table_full);
+        }
+        for (name, bytes) in [("net", &f.net_bytes), ("allocated", &f.allocated_bytes)] {
+            let _ = writeln!(
+                out,
+                "      {name:<9} sum {:>10}  mean {:>10}  p50 {:>10}  p90 {:>10}  p99 {:>10}  max {:>10}",
+                human_bytes(bytes.sum),
+                human_bytes(bytes.mean.round() as u64),
+                human_bytes(bytes.p50),
+                human_bytes(bytes.p90),
+                human_bytes(bytes.p99),
+                human_bytes(bytes.max)
+            );
+        }
+        let d = &f.duration_seconds;
+        let _ = writeln!(
+            out,
+            "      {:<9} sum {:>10}  mean {:>10}  p50 {:>10}  p90 {:>10}  p99 {:>10}  max {:>10}",
+            "duration",
+            human_seconds(d.sum),
+            human_seconds(d.mean),
+            human_seconds(d.p50),
+            human_seconds(d.p90),
+            human_seconds(d.p99),
+            human_seconds(d.max)
+        );
+        let _ = writeln!(
+            out,
+            "      {} allocations, {} still live at return; {} slow calls (> MEMMON_SLOW_CALL_SECONDS), {} high-usage (> MEMMON_HIGH_USAGE_THRESHOLD_MB); percentiles over the latest {} calls",
+            f.allocations, f.net_allocations, f.slow_calls, f.high_usage_calls, f.percentile_calls
+        );
+        if !f.top_sites.is_empty() {
+            let _ = writeln!(out, "      stacks allocating inside it:");
+            for site in &f.top_sites {
+                let frames = site.site.display_frames();
+                let callers: Vec<&str> = frames.iter().skip(1).take(2).map(|f| f.function.as_str()).collect();
+                let callers = if callers.is_empty() { String::new() } else { format!("  ← {}", callers.join(" ← ")) };
+                let _ = writeln!(
+                    out,
+                    "        {:>10} {:>8} allocs  {}  ({}){callers}",
+                    human_bytes(site.allocated_bytes),
+                    site.allocations,
+                    site.site.function(),
+                    site.site.location()
+                );
+            }
+        }
+    }
+}
+
+/// Seconds for a person: ns, µs, ms or s, three significant digits or so.
+fn human_seconds(seconds: f64) -> String {
+    match seconds {
+        s if s == 0.0 => "0 s".into(),
+        s if s < 1e-6 => format!("{:.0} ns", s * 1e9),
+        s if s < 1e-3 => format!("{:.1} µs", s * 1e6),
+        s if s < 1.0 => format!("{:.1} ms", s * 1e3),
+        s => format!("{s:.2} s"),
+    }
 }
 
 fn unwind_text(out: &mut String, unwind: &crate::unwind::UnwindStats) {
@@ -342,6 +426,10 @@ fn summary_text(summary: &MemorySummary) -> String {
             })
             .collect();
         site_table(&mut out, &views);
+    }
+    if !summary.tracked_functions.is_empty() {
+        out.push('\n');
+        tracked_functions_text(&mut out, &summary.tracked_functions);
     }
     buckets_text(&mut out, "by size class", &summary.by_size_class);
     buckets_text(&mut out, "by module", &summary.by_module);

@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 use crate::{
     leaks::Thresholds,
     tracer::{Capacity, TracerOptions},
+    track::{self, Spec, TrackConfig},
 };
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -101,6 +102,15 @@ pub struct AgentConfig {
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub duration: Option<u64>,
+    /// Measure every call of this function: bytes allocated, freed and kept (net), allocations
+    /// and duration per call (repeat, or comma-separate in MEMMON_TRACK_FUNCTIONS). SYMBOL is
+    /// looked up in the main binary and every loaded library; SYMBOL@OBJECT picks the object.
+    #[arg(long = "track-function", env = "MEMMON_TRACK_FUNCTIONS", value_delimiter = ',', value_name = "SYMBOL[@OBJECT]",
+          value_parser = track_spec)]
+    pub track_functions: Vec<Spec>,
+    /// A tracked call that takes longer than this (seconds) is counted as slow.
+    #[arg(long, env = "MEMMON_SLOW_CALL_SECONDS", default_value = "1", allow_negative_numbers = true, value_parser = positive("MEMMON_SLOW_CALL_SECONDS"))]
+    pub slow_call_seconds: f64,
     #[command(flatten)]
     pub tables: TableConfig,
     /// Move each allocator function's probes past instructions the kernel would single-step, to
@@ -167,6 +177,18 @@ impl AgentConfig {
             memory_bytes: (self.leak_memory_threshold_mb * MIB) as u64,
             site_growth_ratio: self.leak_site_growth_threshold,
             high_usage_bytes: (self.high_usage_threshold_mb * MIB) as u64,
+        }
+    }
+
+    /// The functions to track, and the thresholds that make a call slow or high-usage
+    /// (MEMMON_HIGH_USAGE_THRESHOLD_MB: allocated bytes per call).
+    pub fn track_config(&self) -> TrackConfig {
+        TrackConfig {
+            specs: self.track_functions.clone(),
+            thresholds: track::Thresholds {
+                slow_ns: (self.slow_call_seconds * 1e9) as u64,
+                high_usage_bytes: (self.high_usage_threshold_mb * MIB) as u64,
+            },
         }
     }
 
@@ -238,6 +260,11 @@ fn ensure_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     let probe = dir.join(format!(".memmon-write-test-{}", std::process::id()));
     std::fs::write(&probe, b"")?;
     std::fs::remove_file(&probe)
+}
+
+/// A `--track-function` value: SYMBOL or SYMBOL@OBJECT.
+fn track_spec(text: &str) -> Result<Spec, String> {
+    text.parse::<Spec>().map_err(|why| format!("{why} (MEMMON_TRACK_FUNCTIONS)"))
 }
 
 /// A whole number of seconds, at least 1.
@@ -353,6 +380,19 @@ mod tests {
         assert!(err.contains("MEMMON_PROFILING_CLEANUP_DAYS"), "{err}");
         let err = parse(&["--pid", "1", "--max-profile-duration-minutes", "soon"]).unwrap_err();
         assert!(err.contains("MEMMON_MAX_PROFILE_DURATION_MINUTES"), "{err}");
+    }
+
+    #[test]
+    fn tracked_functions_and_their_thresholds() {
+        let config = parse(&["--pid", "1", "--track-function", "processCommand", "--track-function", "handle@libfoo.so"]).unwrap();
+        let track = config.track_config();
+        assert_eq!(track.specs.iter().map(ToString::to_string).collect::<Vec<_>>(), ["processCommand", "handle@libfoo.so"]);
+        assert_eq!(track.thresholds.slow_ns, 1_000_000_000);
+        assert_eq!(track.thresholds.high_usage_bytes, 50 << 20);
+        let err = parse(&["--pid", "1", "--track-function", "a b"]).unwrap_err();
+        assert!(err.contains("MEMMON_TRACK_FUNCTIONS"), "{err}");
+        let err = parse(&["--pid", "1", "--slow-call-seconds", "0"]).unwrap_err();
+        assert!(err.contains("MEMMON_SLOW_CALL_SECONDS"), "{err}");
     }
 
     #[test]

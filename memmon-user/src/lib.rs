@@ -19,5 +19,6 @@ pub mod snapshot;
 pub mod symbolize;
 pub mod tracefs;
 pub mod tracer;
+pub mod track;
 pub mod unwind;
 pub mod wire;

@@ -78,6 +78,8 @@ impl ProcessSample {
 
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
+    /// Tracked functions (`--track-function`), taken with the rest.
+    pub functions: Vec<crate::track::FunctionSample>,
     /// Heap allocation sites.
     pub sites: Vec<SiteSample>,
     /// Sites of the anonymous mappings the program made itself (mmap outside the allocator).

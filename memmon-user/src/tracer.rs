@@ -29,6 +29,7 @@ use crate::{
     profiles::session::LiveBlock,
     snapshot::{ProcessSample, SiteSample, Snapshot},
     python::Interpreter,
+    track::{TrackConfig, TrackedFunction, Tracking},
     unwind::{UnwindStats, UnwindTables},
 };
 
@@ -113,25 +114,50 @@ pub struct Tracer {
     allocator_links: Option<Vec<(&'static str, UProbeLink)>>,
     /// What a probe hit costs here, when calibrated.
     hit_costs: Option<HitCosts>,
+    /// Tracked functions (`--track-function`), if any.
+    tracking: Option<Tracking>,
 }
 
 impl Tracer {
     /// Validates every pid, finds each allocator, loads the programs and attaches them.
     /// Nothing stays attached if any step fails.
     pub fn attach(pids: &[u32], options: TracerOptions) -> Result<Self> {
+        Self::attach_tracking(pids, options, &TrackConfig::none())
+    }
+
+    /// `attach`, and probes on the functions `track` names in every process (per-call memory,
+    /// `track`). A function that cannot be found fails the attach before anything is loaded.
+    pub fn attach_tracking(pids: &[u32], options: TracerOptions, track: &TrackConfig) -> Result<Self> {
         let processes = preflight(pids)?;
         let mut found = Vec::new();
         for process in processes {
             let allocator = Allocator::find(&process, options.optimize_probe_sites).map_err(|err| gone_hint(&process, err))?;
             found.push((process, allocator));
         }
-        Self::attach_found(found, options)
+        let processes: Vec<&Process> = found.iter().map(|(process, _)| process).collect();
+        let functions = crate::track::locate(&processes, &track.specs, options.optimize_probe_sites)?;
+        Self::attach_all(found, options, functions, track)
     }
 
     /// Loads the programs and attaches them to processes whose allocator the caller found
     /// (`memmon run` finds it before the dynamic loader has mapped it; see `launch`).
     pub fn attach_found(found: Vec<(Process, Allocator)>, options: TracerOptions) -> Result<Self> {
+        Self::attach_all(found, options, Vec::new(), &TrackConfig::none())
+    }
+
+    fn attach_all(
+        found: Vec<(Process, Allocator)>,
+        options: TracerOptions,
+        functions: Vec<TrackedFunction>,
+        track: &TrackConfig,
+    ) -> Result<Self> {
         let capacity = options.capacity;
+        let tracking = !functions.is_empty() && options.programs == Programs::Tracking;
+        // The tracking tables take kernel memory only when something is tracked.
+        let (track_threads, track_sites, track_ring) = match tracking {
+            true => (memmon_common::MAX_PENDING_CALLS, capacity.max_sites, memmon_common::track::EVENT_RING_BYTES),
+            false => (1, 1, 4096),
+        };
         raise_memlock_limit();
         let (unwind_rows, unwind_pages) = crate::unwind::capacities(options.unwind_table_max_mb);
         let mut ebpf = EbpfLoader::new()
@@ -141,12 +167,18 @@ impl Tracer {
             .map_max_entries("SITES", capacity.max_sites)
             .map_max_entries("STACKS", capacity.max_sites)
             .map_max_entries("MAPPING_SITES", capacity.max_sites)
+            .map_max_entries("TRACK_CALLS", track_threads)
+            .map_max_entries("TRACK_SITES", track_sites)
+            .map_max_entries("TRACK_EVENTS", track_ring)
             .load(PROGRAMS)
             .map_err(|err| privilege_hint(anyhow!(err).context("loading memmon's eBPF programs")))?;
         let mut names: Vec<&str> = match options.programs {
             Programs::Tracking => allocator::entry_programs().chain(["alloc_exit"]).collect(),
             Programs::Empty => vec!["empty_enter", "empty_exit"],
         };
+        if tracking {
+            names.extend(["track_enter", "track_exit"]);
+        }
         names.sort_unstable();
         names.dedup();
         for name in names {
@@ -188,11 +220,15 @@ impl Tracer {
         if options.programs == Programs::Tracking {
             attach_memory_syscalls(&mut ebpf)?;
         }
+        let tracking = match tracking {
+            true => Some(attach_tracked_functions(&mut ebpf, &targets, functions, track)?),
+            false => None,
+        };
         let mut armed: Array<_, u32> = Array::try_from(ebpf.map_mut("ARMED").context("ARMED map")?)?;
         armed.set(0, 1, 0)?;
         let code_maps_seen = targets.iter().map(|t: &Target| (t.process.pid, 0)).collect();
         let allocator_links = options.allocator_probes.then_some(links);
-        Ok(Self { ebpf, targets, stacks: HashMap::new(), options, unwind, code_maps_seen, allocator_links, hit_costs })
+        Ok(Self { ebpf, targets, stacks: HashMap::new(), options, unwind, code_maps_seen, allocator_links, hit_costs, tracking })
     }
 
     /// Whether the allocator probes are attached (always in the exact tier; during capture
@@ -289,6 +325,11 @@ impl Tracer {
                 Some((name, kind, ProgramCounts { runs: info.run_count(), run_time_ns: info.run_time().as_nanos() as u64 }))
             })
             .collect()
+    }
+
+    /// The tracked functions (empty when none is).
+    pub fn tracked_functions(&self) -> &[TrackedFunction] {
+        self.tracking.as_ref().map_or(&[], |t| t.functions())
     }
 
     /// Traces one more process (a followed fork, or new allocator objects after an exec: pass
@@ -405,7 +446,12 @@ impl Tracer {
         let histogram: Array<_, u64> = Array::try_from(self.ebpf.map("SIZE_HISTOGRAM").context("SIZE_HISTOGRAM map")?)?;
         let size_buckets = histogram.iter().collect::<Result<Vec<u64>, _>>()?;
         let size_sum = sites.iter().map(|s| s.stats.alloc_bytes).sum();
+        let functions = match &self.tracking {
+            Some(tracking) => tracking.sample(&self.ebpf)?,
+            None => Vec::new(),
+        };
         Ok(Snapshot {
+            functions,
             sites,
             mapping_sites,
             processes,
@@ -544,6 +590,36 @@ fn attach_allocator(
         }
     }
     Ok(links)
+}
+
+/// Turns tracking on in the kernel, attaches every tracked function's return and entry probes
+/// (at its probe site, the function's index as their cookie) and the thread-exit tracepoint,
+/// and starts draining completed calls.
+fn attach_tracked_functions(ebpf: &mut Ebpf, targets: &[Target], functions: Vec<TrackedFunction>, track: &TrackConfig) -> Result<Tracking> {
+    let mut enabled: Array<_, u32> = Array::try_from(ebpf.map_mut("TRACKING").context("TRACKING map")?)?;
+    enabled.set(0, 1, 0)?;
+    let exit: &mut TracePoint =
+        ebpf.program_mut("track_thread_exit").ok_or_else(|| anyhow!("eBPF program track_thread_exit missing"))?.try_into()?;
+    exit.load().context("verifier rejected track_thread_exit")?;
+    exit.attach("sched", "sched_process_exit").context("attaching to tracepoint sched:sched_process_exit")?;
+    // Returns first, then entries (see attach_allocator).
+    for program in ["track_exit", "track_enter"] {
+        for function in &functions {
+            let Some(target) = targets.iter().find(|t| t.process.pid == function.pid) else { continue };
+            let process = &target.process;
+            let scope = UProbeScope::OneProcess(NonZeroU32::new(process.pid).expect("pid 0 rejected"));
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(function.site.file_offset),
+                cookie: Some(u64::from(function.index)),
+            };
+            let probe: &mut UProbe = ebpf.program_mut(program).expect("loaded").try_into()?;
+            probe
+                .attach(point, process.root_path(&function.object), scope)
+                .map_err(|err| gone_hint(process, anyhow!(err)))
+                .with_context(|| format!("attaching {program} to {} in {} (pid {})", function.symbol, function.object, process.pid))?;
+        }
+    }
+    Tracking::start(ebpf, functions, track.thresholds)
 }
 
 /// Finds `pid`'s Python interpreter and, for a walked version, tells the kernel walker where

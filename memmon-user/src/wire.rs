@@ -111,6 +111,9 @@ pub struct Status {
     /// The stack walker's tables: objects, rows, memory, build time, and what is missing.
     #[serde(default)]
     pub unwind: crate::unwind::UnwindStats,
+    /// Per-call memory of the functions tracked with --track-function (no top_sites here).
+    #[serde(default)]
+    pub tracked_functions: Vec<TrackedFunction>,
     /// The tier, whether the allocator probes are attached, and the capture windows.
     #[serde(default)]
     pub capture: CaptureStatus,
@@ -179,6 +182,87 @@ pub struct OverheadStatus {
     pub allowance_seconds: f64,
     /// Measured at start: ns per probe hit by kind (None: calibration failed).
     pub hit_costs: Option<crate::overhead::HitCosts>,
+}
+
+/// A byte measure of a tracked function's calls: the exact sum over every completed call,
+/// and exact nearest-rank percentiles over the latest `percentile_calls` of them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BytesPerCall {
+    pub sum: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+/// Durations of a tracked function's calls, in seconds (as `BytesPerCall`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SecondsPerCall {
+    pub sum: f64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// One tracked function in one process (`--track-function`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrackedFunction {
+    /// As given (`SYMBOL` or `SYMBOL@OBJECT`): the metrics' `function` label.
+    pub function: String,
+    pub pid: u32,
+    pub symbol: String,
+    /// The object defining it, as the process maps it.
+    pub object: String,
+    /// Where its probes are: bytes past its entry, and whether the kernel emulates the
+    /// instruction there (if not, every call is single-stepped twice, tens of µs).
+    pub probe_offset: u64,
+    pub emulated: bool,
+    /// Completed calls (each measured exactly).
+    pub calls: u64,
+    /// Calls whose return was never seen, or whose record was lost; `lost` says why
+    /// (`unwound`: longjmp or exception; `thread_exit`; `event_dropped`; `table_full`).
+    pub lost_calls: u64,
+    pub lost: BTreeMap<String, u64>,
+    pub in_flight: u64,
+    /// Calls of tracked functions made inside a tracked call (recursion): part of the outer.
+    pub nested_calls: u64,
+    /// Returns seen with no call in flight (a call begun before attach; the second return of
+    /// a tail call), ignored.
+    #[serde(default)]
+    pub orphan_returns: u64,
+    /// Allocations inside calls that found no room in the per-function site table: counted in
+    /// the calls, missing from `top_sites` (raise MEMMON_MAX_SITES).
+    #[serde(default)]
+    pub site_table_full: u64,
+    /// Allocations and frees by the calls' threads during the calls, and the blocks still
+    /// live at return.
+    pub allocations: u64,
+    pub frees: u64,
+    pub freed_bytes: u64,
+    pub net_allocations: u64,
+    /// Calls that allocated more than MEMMON_HIGH_USAGE_THRESHOLD_MB, and calls longer than
+    /// MEMMON_SLOW_CALL_SECONDS.
+    pub high_usage_calls: u64,
+    pub slow_calls: u64,
+    /// Allocated during a call and still live at its return.
+    pub net_bytes: BytesPerCall,
+    pub allocated_bytes: BytesPerCall,
+    pub duration_seconds: SecondsPerCall,
+    /// How many of the latest calls the percentiles are over.
+    pub percentile_calls: u64,
+    /// The stacks allocating inside the function, by bytes allocated (memory-summary only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_sites: Vec<FunctionSite>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FunctionSite {
+    pub site: Site,
+    pub allocated_bytes: u64,
+    pub allocations: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -258,6 +342,9 @@ pub struct MemorySummary {
     pub processes: Vec<ProcessSummary>,
     pub events_lost: BTreeMap<String, u64>,
     pub snapshot_age_seconds: f64,
+    /// Per-call memory of the tracked functions, with the stacks allocating inside each.
+    #[serde(default)]
+    pub tracked_functions: Vec<TrackedFunction>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -215,6 +215,7 @@ pub fn render(agent: &mut Agent) -> Result<String> {
 
     let mut families = registry.gather();
     families.push(size_histogram(&snapshot.size_buckets, snapshot.size_sum));
+    families.extend(function_metrics(agent, &snapshot.functions, &comms)?);
     families.sort_by(|a, b| a.name().cmp(b.name()));
     let mut text = Vec::new();
     TextEncoder::new().encode(&families, &mut text)?;
@@ -245,6 +246,112 @@ fn size_histogram(buckets: &[u64], sum: u64) -> MetricFamily {
     family.set_help("Sizes of the allocations tracked since attach, all targets together (power-of-two buckets).".into());
     family.set_field_type(proto::MetricType::HISTOGRAM);
     family.set_metric(vec![metric]);
+    family
+}
+
+/// Per-call memory of the tracked functions (`--track-function`), labelled pid, comm and
+/// function (bounded by the functions tracked): three histograms, counters of calls lost,
+/// nested, slow and high-usage, calls in flight, and the top stacks allocating inside each.
+fn function_metrics(agent: &mut Agent, samples: &[crate::track::FunctionSample], comms: &std::collections::HashMap<u32, String>) -> Result<Vec<MetricFamily>> {
+    if samples.is_empty() {
+        return Ok(Vec::new());
+    }
+    let registry = Registry::new();
+    let labels = ["pid", "comm", "function"];
+    let lost = counter(&registry, "memmon_function_lost_calls_total", "Tracked calls not measured, by reason: unwound (left by longjmp or an exception, return unseen), thread_exit, event_dropped (ring buffer full), table_full.", &["pid", "comm", "function", "reason"])?;
+    let nested = counter(&registry, "memmon_function_nested_calls_total", "Calls of tracked functions made inside a tracked call on the same thread (recursion); counted in the outer call.", &labels)?;
+    let slow = counter(&registry, "memmon_function_slow_calls_total", "Tracked calls that took longer than MEMMON_SLOW_CALL_SECONDS.", &labels)?;
+    let high = counter(&registry, "memmon_function_high_usage_calls_total", "Tracked calls that allocated more than MEMMON_HIGH_USAGE_THRESHOLD_MB.", &labels)?;
+    let freed = counter(&registry, "memmon_function_freed_bytes_total", "Bytes of tracked blocks the calls' threads freed during tracked calls.", &labels)?;
+    let allocations = counter(&registry, "memmon_function_allocations_total", "Allocations made during tracked calls by their threads.", &labels)?;
+    let unpaired = counter(&registry, "memmon_function_unpaired_events_total", "Tracked-function events not in any call, by kind: orphan_return (a return with no call in flight, ignored), site_table_full (an allocation inside a call missing from the per-function site table; raise MEMMON_MAX_SITES).", &["pid", "comm", "function", "kind"])?;
+    let in_flight = gauge(&registry, "memmon_function_calls_in_flight", "Tracked calls started and not yet returned.", &labels)?;
+    let sites = counter(&registry, "memmon_function_site_allocated_bytes_total", "Bytes allocated inside each tracked function by its top allocation stacks.", &["pid", "comm", "function", "site"])?;
+    let frames_of: std::collections::HashMap<u64, Vec<u64>> =
+        agent.snapshot().sites.iter().map(|s| (s.id, s.frames[..s.frames.len().min(1)].to_vec())).collect();
+    let mut net = Vec::new();
+    let mut allocated = Vec::new();
+    let mut duration = Vec::new();
+    for sample in samples {
+        let function = &sample.function;
+        let pid = function.pid.to_string();
+        let comm = comms.get(&function.pid).cloned().unwrap_or_default();
+        let values = [pid.as_str(), comm.as_str(), function.label.as_str()];
+        for (reason, count) in sample.lost() {
+            lost.with_label_values(&[values[0], values[1], values[2], reason]).inc_by(count);
+        }
+        nested.with_label_values(&values).inc_by(sample.counters.nested);
+        unpaired.with_label_values(&[values[0], values[1], values[2], "orphan_return"]).inc_by(sample.counters.orphan_returns);
+        unpaired.with_label_values(&[values[0], values[1], values[2], "site_table_full"]).inc_by(sample.counters.site_table_full);
+        slow.with_label_values(&values).inc_by(sample.stats.slow_calls);
+        high.with_label_values(&values).inc_by(sample.stats.high_usage_calls);
+        freed.with_label_values(&values).inc_by(sample.stats.freed_bytes);
+        allocations.with_label_values(&values).inc_by(sample.stats.allocations);
+        in_flight.with_label_values(&values).set(int(sample.in_flight));
+        for (id, stats) in sample.sites.iter().take(FUNCTION_TOP_SITES) {
+            let frames = frames_of.get(id).cloned().unwrap_or_default();
+            let frame = agent.symbolizer().frames(function.pid, &frames);
+            let name = match frame.first() {
+                Some(frame) => format!("{} ({}) #{:06x}", frame.function, frame.location(), id & 0xff_ffff),
+                None => format!("[unknown stack] #{:06x}", id & 0xff_ffff),
+            };
+            let name: String = name.chars().take(160).collect();
+            sites.with_label_values(&[values[0], values[1], values[2], &name]).inc_by(stats.alloc_bytes);
+        }
+        let pairs = |v: &[&str; 3]| labels.iter().zip(v).map(|(l, v)| (l.to_string(), v.to_string())).collect::<Vec<_>>();
+        net.push(histogram_metric(pairs(&values), &sample.stats.net_bytes, 1.0));
+        allocated.push(histogram_metric(pairs(&values), &sample.stats.allocated_bytes, 1.0));
+        duration.push(histogram_metric(pairs(&values), &sample.stats.duration_ns, 1e-9));
+    }
+    let mut families = registry.gather();
+    families.push(histogram_family("memmon_function_net_bytes", "Per tracked call: bytes allocated during the call and still live at its return.", net));
+    families.push(histogram_family("memmon_function_allocated_bytes", "Per tracked call: bytes allocated during the call by its thread.", allocated));
+    families.push(histogram_family("memmon_function_duration_seconds", "Per tracked call: time from entry to return.", duration));
+    Ok(families)
+}
+
+/// Stacks allocating inside each tracked function that get a series.
+const FUNCTION_TOP_SITES: usize = 5;
+
+/// One labelled series of a histogram family, from exact bucket counts; `scale` turns the
+/// bucket bounds and sum into the metric's unit (ns to seconds).
+fn histogram_metric(labels: Vec<(String, String)>, histogram: &crate::track::stats::Histogram, scale: f64) -> proto::Metric {
+    let mut out = proto::Histogram::default();
+    let buckets = histogram
+        .cumulative()
+        .into_iter()
+        .map(|(bound, count)| {
+            let mut bucket = proto::Bucket::default();
+            bucket.set_upper_bound(bound as f64 * scale);
+            bucket.set_cumulative_count(count);
+            bucket
+        })
+        .collect();
+    out.set_bucket(buckets);
+    out.set_sample_count(histogram.count());
+    out.set_sample_sum(histogram.sum as f64 * scale);
+    let mut metric = proto::Metric::default();
+    metric.set_label(
+        labels
+            .into_iter()
+            .map(|(name, value)| {
+                let mut pair = proto::LabelPair::default();
+                pair.set_name(name);
+                pair.set_value(value);
+                pair
+            })
+            .collect(),
+    );
+    metric.set_histogram(out);
+    metric
+}
+
+fn histogram_family(name: &str, help: &str, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.into());
+    family.set_help(help.into());
+    family.set_field_type(proto::MetricType::HISTOGRAM);
+    family.set_metric(metrics);
     family
 }
 

@@ -50,7 +50,8 @@ pub struct Agent {
 impl Agent {
     /// Attaches to every configured pid and takes a first snapshot.
     pub fn start(config: AgentConfig) -> Result<Self> {
-        let tracer = Tracer::attach(&config.pids, TracerOptions { calibrate: true, ..config.tracer_options() })?;
+        let tracer =
+            Tracer::attach_tracking(&config.pids, TracerOptions { calibrate: true, ..config.tracer_options() }, &config.track_config())?;
         let costs = tracer.hit_costs();
         let prior_cpu_rate = tracer.targets().iter().filter_map(|t| t.process.lifetime_cpu_rate()).sum();
         let capture = capture::Capture::new(config.tier, config.overhead_budget, prior_cpu_rate, costs);
@@ -279,7 +280,27 @@ impl Agent {
             unwind: self.unwind_stats(),
             capture: self.capture_status(),
             overhead: self.overhead_status(),
+            tracked_functions: self.snapshot.functions.iter().map(tracked_function).collect(),
         }
+    }
+
+    /// The tracked functions with the top `top` stacks allocating inside each, symbolized.
+    fn tracked_functions_with_sites(&mut self, top: usize) -> Vec<wire::TrackedFunction> {
+        let frames_of: HashMap<u64, (u32, std::sync::Arc<Vec<u64>>, memmon_common::Truncation)> =
+            self.snapshot.sites.iter().map(|s| (s.id, (s.pid, s.frames.clone(), s.truncated))).collect();
+        let mut functions = Vec::new();
+        for sample in &self.snapshot.functions {
+            let mut function = tracked_function(sample);
+            for (id, stats) in sample.sites.iter().take(top) {
+                let site = match frames_of.get(id) {
+                    Some((pid, frames, truncated)) => self.symbolizer.site(*pid, frames, *truncated),
+                    None => wire::Site::new(Vec::new(), memmon_common::Truncation::NotStored),
+                };
+                function.top_sites.push(wire::FunctionSite { site, allocated_bytes: stats.alloc_bytes, allocations: stats.alloc_count });
+            }
+            functions.push(function);
+        }
+        functions
     }
 
     /// The tracer's unwind-table figures, with the latest snapshot's truncated sites.
@@ -355,6 +376,7 @@ impl Agent {
             processes,
             events_lost: self.events_lost(),
             snapshot_age_seconds: self.snapshot_at.elapsed().as_secs_f64(),
+            tracked_functions: self.tracked_functions_with_sites(self.config.top as usize),
         })
     }
 
@@ -464,6 +486,57 @@ impl Agent {
 }
 
 /// The serde name of a unit enum variant ("critical", "site_growth").
+/// A tracked function's sample as the API shows it.
+fn tracked_function(sample: &crate::track::FunctionSample) -> wire::TrackedFunction {
+    let stats = &sample.stats;
+    let calls = stats.calls();
+    let mean = |sum: f64| if calls == 0 { 0.0 } else { sum / calls as f64 };
+    let bytes = |histogram: &crate::track::stats::Histogram, p: crate::track::stats::Percentiles| wire::BytesPerCall {
+        sum: histogram.sum,
+        mean: mean(histogram.sum as f64),
+        p50: p.p50,
+        p90: p.p90,
+        p99: p.p99,
+        max: histogram.max,
+    };
+    let seconds = |ns: u64| ns as f64 / 1e9;
+    let duration = stats.duration_percentiles();
+    let function = &sample.function;
+    wire::TrackedFunction {
+        function: function.label.clone(),
+        pid: function.pid,
+        symbol: function.symbol.clone(),
+        object: function.object.clone(),
+        probe_offset: function.site.moved_by,
+        emulated: function.site.emulated,
+        calls,
+        lost_calls: sample.lost_calls(),
+        lost: sample.lost().iter().map(|(reason, n)| (reason.to_string(), *n)).collect(),
+        in_flight: sample.in_flight,
+        nested_calls: sample.counters.nested,
+        orphan_returns: sample.counters.orphan_returns,
+        site_table_full: sample.counters.site_table_full,
+        allocations: stats.allocations,
+        frees: stats.frees,
+        freed_bytes: stats.freed_bytes,
+        net_allocations: stats.net_allocations,
+        high_usage_calls: stats.high_usage_calls,
+        slow_calls: stats.slow_calls,
+        net_bytes: bytes(&stats.net_bytes, stats.net_percentiles()),
+        allocated_bytes: bytes(&stats.allocated_bytes, stats.allocated_percentiles()),
+        duration_seconds: wire::SecondsPerCall {
+            sum: seconds(stats.duration_ns.sum),
+            mean: mean(seconds(stats.duration_ns.sum)),
+            p50: seconds(duration.p50),
+            p90: seconds(duration.p90),
+            p99: seconds(duration.p99),
+            max: seconds(stats.duration_ns.max),
+        },
+        percentile_calls: stats.recent_calls() as u64,
+        top_sites: Vec::new(),
+    }
+}
+
 fn serde_plain<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }

@@ -8,11 +8,16 @@
 //! - Debian's redis-server (jemalloc) under redis-benchmark SET and GET: untraced, the trap
 //!   floor on memmon's sites, memmon exact on its sites, and memmon exact with every probe at its
 //!   entry (what memmon did before);
+//! - per-call tracking: redis-benchmark SET and GET with `--track-function processCommand`
+//!   against memmon exact without it and untraced, and the cost per tracked call;
 //! - a /metrics scrape with 10,000 sites, and reading a live table of a million blocks.
 
 use std::time::Instant;
 
-use memmon::tracer::{Programs, Tracer, TracerOptions};
+use memmon::{
+    tracer::{Programs, Tracer, TracerOptions},
+    track::{Thresholds, TrackConfig},
+};
 use memmon_tests::{Agent, RedisServer, Target, http};
 
 const PAIRS: u64 = 200_000;
@@ -29,11 +34,11 @@ fn tracing(programs: Programs, optimize_probe_sites: bool) -> Option<TracerOptio
     Some(TracerOptions { programs, optimize_probe_sites, ..TracerOptions::default() })
 }
 
-/// `memmon-bench [pairs] [redis] [scrape] [live]`: the parts named, or all of them.
+/// `memmon-bench [pairs] [redis] [track] [scrape] [live]`: the parts named, or all of them.
 fn main() {
     let parts: Vec<String> = std::env::args().skip(1).collect();
     let run = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
-    let known = ["pairs", "redis", "scrape", "live"];
+    let known = ["pairs", "redis", "track", "scrape", "live"];
     if let Some(unknown) = parts.iter().find(|p| !known.contains(&p.as_str())) {
         eprintln!("memmon-bench: unknown part {unknown:?}; parts: {}", known.join(", "));
         std::process::exit(2);
@@ -43,6 +48,9 @@ fn main() {
     }
     if run("redis") {
         redis_bench();
+    }
+    if run("track") {
+        track_bench();
     }
     if run("scrape") {
         scrape_bench();
@@ -129,6 +137,101 @@ fn redis_bench() {
     for ((config, set), get) in configs.iter().zip(&sets).zip(&gets) {
         println!("{:<46} {set:>10.0} {:>12.2} {get:>10.0} {:>12.2}", config.name, set / sets[0], get / gets[0]);
     }
+}
+
+/// redis-benchmark SET and GET with processCommand tracked (one tracked call per command),
+/// against memmon exact without tracking and untraced, interleaved round by round.
+fn track_bench() {
+    const REQUESTS: &str = "50000";
+    const ROUNDS: usize = 3;
+    let track = TrackConfig {
+        specs: vec!["processCommand".parse().unwrap()],
+        thresholds: Thresholds { slow_ns: 1_000_000_000, high_usage_bytes: 50 << 20 },
+    };
+    let configs: [(&str, Option<&TrackConfig>, bool); 3] = [
+        ("untraced", None, false),
+        ("memmon exact, memmon's sites", None, true),
+        ("memmon exact + --track-function processCommand", Some(&track), true),
+    ];
+    let redis = RedisServer::start();
+    redis.benchmark(&["-t", "set,get", "-n", "10000", "-r", "100000"]); // warm-up
+    let (mut sets, mut gets) = (vec![Vec::new(); configs.len()], vec![Vec::new(); configs.len()]);
+    let mut calls = 0;
+    for _ in 0..ROUNDS {
+        for (index, (_, tracked, traced)) in configs.iter().enumerate() {
+            let tracer = traced.then(|| {
+                let none = TrackConfig::none();
+                Tracer::attach_tracking(&[redis.pid()], TracerOptions::default(), tracked.unwrap_or(&none)).expect("attach")
+            });
+            let output = redis.benchmark(&["-t", "set,get", "-n", REQUESTS, "-r", "100000"]);
+            sets[index].push(requests_per_second(&output, "SET"));
+            gets[index].push(requests_per_second(&output, "GET"));
+            if let Some(mut tracer) = tracer.filter(|_| tracked.is_some()) {
+                let snapshot = tracer.snapshot().expect("snapshot");
+                let function = &snapshot.functions[0];
+                assert_eq!(function.lost_calls(), 0, "{:?}", function.counters);
+                calls += function.stats.calls();
+            }
+        }
+    }
+    let sets: Vec<f64> = sets.iter().map(|s| median(s)).collect();
+    let gets: Vec<f64> = gets.iter().map(|g| median(g)).collect();
+    println!("\nper-call tracking: redis-server under redis-benchmark -t set,get -n {REQUESTS} -r 100000, {ROUNDS} rounds, interleaved");
+    println!("{:<48} {:>10} {:>12} {:>10} {:>12}", "configuration", "SET/s", "× untraced", "GET/s", "× untraced");
+    for (((name, _, _), set), get) in configs.iter().zip(&sets).zip(&gets) {
+        println!("{name:<48} {set:>10.0} {:>12.2} {get:>10.0} {:>12.2}", set / sets[0], get / gets[0]);
+    }
+    // One processCommand call per request: the extra server time per request is the cost of
+    // a tracked call (its two probes, and the tracking work in each allocation inside it).
+    let per_call = |rates: &[f64], from: usize| (1e9 / rates[2] - 1e9 / rates[from]) / 1000.0;
+    println!(
+        "redis: extra server time per request with processCommand tracked: SET {:.1} µs, GET {:.1} µs over memmon exact \
+         (within this machine's noise when near 0); {calls} calls tracked, none lost",
+        per_call(&sets, 1),
+        per_call(&gets, 1),
+    );
+    tracked_call_cost();
+}
+
+/// The cost of one tracked call, measured where the noise is small: targets/track.c's
+/// handle_request (2 mallocs and 2 frees a call) timed by the target itself, untraced, under
+/// memmon exact, and under memmon exact with handle_request tracked.
+fn tracked_call_cost() {
+    const CALLS: u64 = 100_000;
+    let mut target = Target::start("track");
+    let track = TrackConfig {
+        specs: vec!["handle_request".parse().unwrap()],
+        thresholds: Thresholds { slow_ns: 1_000_000_000, high_usage_bytes: 50 << 20 },
+    };
+    let none = TrackConfig::none();
+    let configs: [(&str, Option<&TrackConfig>); 3] =
+        [("untraced", None), ("memmon exact", Some(&none)), ("memmon exact + --track-function handle_request", Some(&track))];
+    let mut samples = vec![Vec::new(); configs.len()];
+    for round in 0..ROUNDS {
+        for (index, (_, tracked)) in configs.iter().enumerate() {
+            let tracer = tracked.map(|track| Tracer::attach_tracking(&[target.pid()], TracerOptions::default(), track).expect("attach"));
+            if round == 0 {
+                time_calls(&mut target, CALLS / 10);
+            }
+            samples[index].push(time_calls(&mut target, CALLS));
+            drop(tracer);
+        }
+    }
+    let medians: Vec<f64> = samples.iter().map(|s| median(s)).collect();
+    println!("\nhandle_request (2 mallocs + 2 frees a call), {CALLS} calls per run, {ROUNDS} rounds, interleaved");
+    println!("{:<48} {:>10} {:>12}", "configuration", "ns/call", "× untraced");
+    for ((name, _), ns) in configs.iter().zip(&medians) {
+        println!("{name:<48} {ns:>10.0} {:>12.1}", ns / medians[0]);
+    }
+    println!(
+        "cost per tracked call: {:.0} ns over memmon exact (its entry and return probes, and the tracking work of its 4 allocator calls)",
+        medians[2] - medians[1]
+    );
+}
+
+fn time_calls(target: &mut Target, calls: u64) -> f64 {
+    let reply = target.request(&format!("time {calls}"));
+    reply.strip_prefix("ns ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("bad reply {reply:?}"))
 }
 
 /// The requests per second redis-benchmark -q printed for `test` ("SET: 51234.56 requests per second").
