@@ -484,3 +484,21 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_file(&self.socket);
     }
 }
+
+/// The requests per second `redis-benchmark -q` printed for `test` ("SET: 51234.56 requests per
+/// second"; the last such line, past the progress lines it rewrites with \r).
+pub fn requests_per_second(output: &str, test: &str) -> f64 {
+    output
+        .split(['\n', '\r'])
+        .filter_map(|line| line.trim().strip_prefix(&format!("{test}: ")))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .last()
+        .unwrap_or_else(|| panic!("no {test} result in {output:?}"))
+}
+
+/// The median of a benchmark's rounds.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}

@@ -13,19 +13,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memmon_tests::{Agent, RedisServer, require_root};
+use memmon_tests::{Agent, RedisServer, median, requests_per_second, require_root};
 
 const REQUESTS: &str = "50000";
 const ROUNDS: usize = 5;
 
 /// CPU seconds (user + system) a process used so far.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    (field(11) + field(12)) / ticks
+    memmon::process::Process::open(pid).ok().and_then(|p| p.cpu_time_ns()).map_or(0.0, |ns| ns as f64 / 1e9)
 }
 
 /// Peak resident memory (VmHWM) of a process, bytes.
@@ -38,20 +33,7 @@ fn peak_rss(pid: u32) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-fn requests_per_second(output: &str, test: &str) -> f64 {
-    output
-        .split(['\n', '\r'])
-        .filter_map(|line| line.trim().strip_prefix(&format!("{test}: ")))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .last()
-        .unwrap_or_else(|| panic!("no {test} result in {output:?}"))
-}
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
-}
 
 #[derive(Default)]
 struct Row {

@@ -9,7 +9,7 @@ use memmon::{
     tracer::{Programs, Tracer, TracerOptions},
     unwind::cfi,
 };
-use memmon_tests::Target;
+use memmon_tests::{Target, median};
 
 const PAIRS: u64 = 100_000;
 const ROUNDS: usize = 5;
@@ -104,8 +104,3 @@ fn measure(target: &mut Target, pairs: u64, depth: u32) -> f64 {
     reply.strip_prefix("ns ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("bad reply {reply:?}"))
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
-}

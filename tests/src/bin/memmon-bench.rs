@@ -18,7 +18,7 @@ use memmon::{
     tracer::{Programs, Tracer, TracerOptions},
     track::{Thresholds, TrackConfig},
 };
-use memmon_tests::{Agent, RedisServer, Target, http};
+use memmon_tests::{Agent, RedisServer, Target, http, median, requests_per_second};
 
 const PAIRS: u64 = 200_000;
 const ROUNDS: usize = 5;
@@ -234,15 +234,6 @@ fn time_calls(target: &mut Target, calls: u64) -> f64 {
     reply.strip_prefix("ns ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("bad reply {reply:?}"))
 }
 
-/// The requests per second redis-benchmark -q printed for `test` ("SET: 51234.56 requests per second").
-fn requests_per_second(output: &str, test: &str) -> f64 {
-    output
-        .split(['\n', '\r'])
-        .filter_map(|line| line.trim().strip_prefix(&format!("{test}: ")))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .last()
-        .unwrap_or_else(|| panic!("no {test} result in {output:?}"))
-}
 
 /// How long a scrape of /metrics takes with 10,000 sites tracked (goal: under 50 ms).
 fn scrape_bench() {
@@ -312,8 +303,3 @@ fn measure(target: &mut Target, pairs: u64) -> f64 {
     reply.strip_prefix("ns ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("bad reply {reply:?}"))
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
-}
