@@ -1,5 +1,5 @@
-//! Python frames in stacks: CPython 3.11's own frames read by the kernel walker, interleaved
-//! with native ones at the eval loop, named by function, file and line.
+//! Python frames in stacks: CPython's own frames (3.11, 3.12, 3.13) read by the kernel walker,
+//! interleaved with native ones at the eval loop, named by function, file and line.
 
 use memmon::{
     snapshot::Snapshot,
@@ -73,16 +73,61 @@ fn debian_python_names_the_leaking_chain_with_lines() {
     leak_site_of("/usr/bin/python3.11");
 }
 
+fn pyenv(version: &str, binary: &str) -> Option<String> {
+    let path = format!("/root/.pyenv/versions/{version}/bin/{binary}");
+    if std::path::Path::new(&path).exists() {
+        Some(path)
+    } else {
+        eprintln!("no pyenv Python {version} on this machine ({path}); not tested");
+        None
+    }
+}
+
 /// A second 3.11 build: the image's pyenv Python 3.11.7, whose interpreter is in
 /// libpython3.11.so (with symbols), not in the executable.
 #[test]
 fn pyenv_python_with_a_shared_libpython_names_the_same_chain() {
-    const PYENV: &str = "/root/.pyenv/versions/3.11.7/bin/python3.11";
-    if !std::path::Path::new(PYENV).exists() {
-        eprintln!("no pyenv Python 3.11.7 on this machine ({PYENV}); Debian's python3.11 is tested above");
-        return;
+    if let Some(python) = pyenv("3.11.7", "python3.11") {
+        leak_site_of(&python);
     }
-    leak_site_of(PYENV);
+}
+
+/// 3.12: shim frames end each eval call's chain, the GIL's last holder is the running thread,
+/// and str headers are 8 bytes shorter — the same chain must come out.
+#[test]
+fn python_3_12_names_the_same_chain() {
+    if let Some(python) = pyenv("3.12.1", "python3.12") {
+        leak_site_of(&python);
+    }
+}
+
+/// 3.13: every offset from the `_Py_DebugOffsets` the interpreter publishes.
+#[test]
+fn python_3_13_names_the_same_chain_from_its_published_offsets() {
+    if let Some(python) = pyenv("3.13.0", "python3.13") {
+        leak_site_of(&python);
+    }
+}
+
+/// A version memmon does not walk: native stacks, exact bytes, and one line in status saying so.
+#[test]
+fn an_unsupported_python_gets_native_stacks_and_says_so() {
+    let Some(python) = pyenv("3.10.13", "python3.10") else { return };
+    require_root();
+    let mut target = Target::start_program(&python, &["-c", SCRIPT]);
+    let mut tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).unwrap();
+    let description = tracer.targets()[0].python.describe().unwrap_or_default();
+    assert!(
+        description.starts_with("CPython 3.10 (libpython3.10.so") && description.contains("not supported (memmon walks CPython 3.11, 3.12 and 3.13), native stacks only"),
+        "{description}"
+    );
+    target.run("go");
+    let snapshot = tracer.snapshot().unwrap();
+    let site = biggest(&snapshot);
+    let frames = Symbolizer::new().frames(site.pid, &site.frames);
+    assert_eq!((site.live_bytes(), site.live_count()), (100 * 50_001, 100));
+    assert!(python_frames(&frames).is_empty(), "{frames:?}");
+    assert!(frames.iter().any(|f| f.function == "_PyEval_EvalFrameDefault"), "{frames:?}");
 }
 
 /// Runs `script` (which prints "ready", then runs its work on the first line of stdin and

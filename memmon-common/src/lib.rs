@@ -426,37 +426,139 @@ pub mod python {
     /// Marks the first slot of a Python frame (user addresses never have the top bit set).
     pub const FRAME_TAG: u64 = 1 << 63;
 
-    /// CPython 3.11 on x86-64 (the same in 3.11.2 as built by Debian and 3.11.7 by pyenv):
-    /// where the walker reads the thread's frames.
-    pub mod v3_11 {
-        pub const TSTATE_CFRAME: u64 = 56;
-        pub const TSTATE_NATIVE_THREAD_ID: u64 = 160;
-        pub const CFRAME_CURRENT_FRAME: u64 = 8;
-        /// `_PyInterpreterFrame`: f_code at 32, previous 48, prev_instr 56, is_entry 68, owner 69.
-        pub const FRAME_CODE: u64 = 32;
-        pub const FRAME_READ_BYTES: usize = 40;
-        pub const FRAME_OWNED_BY_GENERATOR: u8 = 1;
-        /// `PyCodeObject`: co_firstlineno at 72, co_filename 112, co_name 120, co_qualname 128,
-        /// co_linetable 136, _co_firsttraceable 168, co_code_adaptive 184.
-        pub const CODE_FIRSTLINENO: u64 = 72;
-        pub const CODE_READ_BYTES: usize = 104;
-        pub const CODE_FILENAME: u64 = 112;
-        pub const CODE_QUALNAME: u64 = 128;
-        pub const CODE_LINETABLE: u64 = 136;
-        pub const CODE_FIRSTTRACEABLE: u64 = 168;
-        pub const CODE_ADAPTIVE: u64 = 184;
-        /// `PyASCIIObject.hash` (the str's cached hash; names are hashed when interned).
-        pub const STR_HASH: u64 = 24;
-        /// `_PyRuntime.gilstate.tstate_current`: the thread state holding the GIL.
-        pub const RUNTIME_TSTATE_CURRENT: u64 = 0x240;
+    /// What frames the owner field marks (`FRAME_OWNED_BY_*` in CPython's `pycore_frame.h`).
+    pub const FRAME_OWNED_BY_GENERATOR: u8 = 1;
+    /// 3.12+: the shim frame each `_PyEval_EvalFrameDefault` call pushes below the frames it
+    /// runs; it ends that call's chain and is never shown.
+    pub const FRAME_OWNED_BY_CSTACK: u8 = 3;
+    /// A field this version does not have.
+    pub const NO_FIELD: u16 = u16::MAX;
+    /// Dereferences at most from `_PyRuntime` to the GIL holder's thread state.
+    pub const TSTATE_CHAIN_STEPS: usize = 3;
+    /// The walker reads a frame's first `FRAME_WINDOW_WORDS` words, and a code object's
+    /// `CODE_WINDOW_WORDS` words from `CODE_WINDOW_START`: every field a layout names must lie
+    /// in them (userspace checks, so the kernel reads each object once).
+    pub const FRAME_WINDOW_WORDS: usize = 9;
+    pub const CODE_WINDOW_START: u16 = 64;
+    pub const CODE_WINDOW_WORDS: usize = 16;
+
+    /// Where one CPython version keeps what the walker and the symbolizer read (byte offsets,
+    /// x86-64). 3.11 and 3.12 are measured on their builds (`ptype /o` in gdb); 3.13+ come from
+    /// the `_Py_DebugOffsets` the interpreter publishes at the start of `_PyRuntime`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Layout {
+        /// The thread state holding the GIL: starting at `_PyRuntime`, read the pointer at
+        /// `+ tstate_chain[i]` for each of the first `tstate_chain_len` steps.
+        pub tstate_chain: [u16; TSTATE_CHAIN_STEPS],
+        pub tstate_chain_len: u16,
+        pub tstate_native_thread_id: u16,
+        /// `tstate->cframe` (3.11, 3.12), whose `current_frame` is the thread's frame; `NO_FIELD`
+        /// when `current_frame` is in the thread state itself (3.13+).
+        pub tstate_cframe: u16,
+        pub current_frame: u16,
+        pub frame_code: u16,
+        pub frame_previous: u16,
+        /// `prev_instr` (3.11, 3.12) or `instr_ptr` (3.13+): the instruction the frame is at.
+        pub frame_instr: u16,
+        pub frame_owner: u16,
+        /// 3.11's `is_entry` byte; `NO_FIELD` where entry frames are `FRAME_OWNED_BY_CSTACK` shims.
+        pub frame_is_entry: u16,
+        pub code_firstlineno: u16,
+        pub code_filename: u16,
+        pub code_qualname: u16,
+        pub code_linetable: u16,
+        /// `_co_firsttraceable`: a frame not past it has not started (skipped, as tracebacks do).
+        pub code_firsttraceable: u16,
+        pub code_adaptive: u16,
+        /// `PyASCIIObject.hash`, and where a compact str's characters start: ASCII, other kinds.
+        pub str_hash: u16,
+        pub str_ascii_data: u16,
+        pub str_compact_data: u16,
+        pub _pad: [u16; 3],
+    }
+
+    impl Layout {
+        /// CPython 3.11 (the same in Debian's 3.11.2 and pyenv's 3.11.7): the thread state
+        /// holding the GIL is `_PyRuntime.gilstate.tstate_current`.
+        pub const V3_11: Layout = Layout {
+            tstate_chain: [0x240, 0, 0],
+            tstate_chain_len: 1,
+            tstate_native_thread_id: 160,
+            tstate_cframe: 56,
+            current_frame: 8,
+            frame_code: 32,
+            frame_previous: 48,
+            frame_instr: 56,
+            frame_owner: 69,
+            frame_is_entry: 68,
+            code_firstlineno: 72,
+            code_filename: 112,
+            code_qualname: 128,
+            code_linetable: 136,
+            code_firsttraceable: 168,
+            code_adaptive: 184,
+            str_hash: 24,
+            str_ascii_data: 48,
+            str_compact_data: 72,
+            _pad: [0; 3],
+        };
+
+        /// CPython 3.12 (pyenv's 3.12.1), which publishes no offsets: the GIL holder is
+        /// `_PyRuntime.interpreters.main->ceval.gil->last_holder`.
+        pub const V3_12: Layout = Layout {
+            tstate_chain: [48, 384, 8],
+            tstate_chain_len: 3,
+            tstate_native_thread_id: 144,
+            tstate_cframe: 56,
+            current_frame: 0,
+            frame_code: 0,
+            frame_previous: 8,
+            frame_instr: 56,
+            frame_owner: 70,
+            frame_is_entry: NO_FIELD,
+            code_firstlineno: 68,
+            code_filename: 112,
+            code_qualname: 128,
+            code_linetable: 136,
+            code_firsttraceable: 176,
+            code_adaptive: 192,
+            str_hash: 24,
+            str_ascii_data: 40,
+            str_compact_data: 56,
+            _pad: [0; 3],
+        };
+
+        /// Whether every field the walker reads lies in its windows.
+        pub fn fits_windows(&self) -> bool {
+            let in_frame = |offset: u16, bytes: u16| offset as usize + bytes as usize <= FRAME_WINDOW_WORDS * 8;
+            let in_code = |offset: u16, bytes: u16| {
+                offset == NO_FIELD
+                    || (offset >= CODE_WINDOW_START
+                        && (offset - CODE_WINDOW_START) as usize + bytes as usize <= CODE_WINDOW_WORDS * 8
+                        && offset % bytes == 0)
+            };
+            in_frame(self.frame_code, 8)
+                && in_frame(self.frame_previous, 8)
+                && in_frame(self.frame_instr, 8)
+                && in_frame(self.frame_owner, 1)
+                && (self.frame_is_entry == NO_FIELD || in_frame(self.frame_is_entry, 1))
+                && [self.frame_code, self.frame_previous, self.frame_instr].iter().all(|o| o % 8 == 0)
+                && in_code(self.code_firstlineno, 4)
+                && in_code(self.code_firsttraceable, 4)
+                && [self.code_filename, self.code_qualname, self.code_linetable]
+                    .iter()
+                    .all(|&o| o != NO_FIELD && in_code(o, 8))
+                && (1..=TSTATE_CHAIN_STEPS as u16).contains(&self.tstate_chain_len)
+        }
     }
 
     /// A CPython process the walker interleaves Python frames for (tgid → this).
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct PythonProcess {
-        /// Address of `_PyRuntime.gilstate.tstate_current`.
-        pub tstate_current: u64,
+        /// Address of `_PyRuntime`.
+        pub runtime: u64,
         /// `_PyEval_EvalFrameDefault`: native frames in it are replaced by the Python frames
         /// that invocation runs.
         pub eval_start: u64,
@@ -464,6 +566,7 @@ pub mod python {
         /// `Py_Version` (0x030b02f0 for 3.11.2).
         pub version: u32,
         pub _pad: u32,
+        pub layout: Layout,
     }
 
     /// The identity folded into a frame's second slot (see the module docs).

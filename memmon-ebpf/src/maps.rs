@@ -44,6 +44,11 @@ pub static STACKS: HashMap<u64, StackTrace> =
 #[map]
 pub static STACK_SCRATCH: PerCpuArray<StackTrace> = PerCpuArray::with_max_entries(1, 0);
 
+/// Scratch space for the Python walker: the windows of a frame and of its code object
+/// (`python::Windows`), too large for the stack the walk's callback has left.
+#[map]
+pub static PYTHON_WINDOWS: PerCpuArray<[[u64; 16]; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Loss counters, indexed by `memmon_common::Loss`.
 #[map]
 pub static LOSSES: Array<u64> = Array::with_max_entries(LOSS_REASONS as u32, 0);

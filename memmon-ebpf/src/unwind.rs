@@ -53,7 +53,9 @@ struct Walk {
     /// and a range check is cheaper than the search.
     last_mapping: ExecMapping,
     last_object: Object,
-    python: PythonProcess,
+    /// The process' entry in `PYTHON_TARGETS` (null: not a Python process); a map value stays
+    /// put while the program runs, and copying it would not fit the stack.
+    python: *const PythonProcess,
     /// The thread's next Python frame (0: none, or not a Python thread).
     python_frame: u64,
     /// Emitting the Python frames of the eval-loop frame at `pc`.
@@ -118,7 +120,9 @@ fn step_frame(walk: &mut Walk) -> Result<(), Truncation> {
         walk.last_mapping = find_mapping(walk.mappings, walk.pc).ok_or(Truncation::OutsideObjects)?;
         walk.last_object = UNWIND_OBJECTS.get(walk.last_mapping.object).copied().unwrap_or_default();
     }
-    let in_eval = walk.python_frame != 0 && walk.python.eval_start <= walk.pc && walk.pc < walk.python.eval_end;
+    // SAFETY: null or a map value (see `python::start`).
+    let in_eval = walk.python_frame != 0
+        && unsafe { walk.python.as_ref() }.is_some_and(|python| python.eval_start <= walk.pc && walk.pc < python.eval_end);
     if in_eval && !walk.python_done {
         // This native frame stands for the Python frames it runs: those go in its place.
         walk.in_python = true;
@@ -183,7 +187,12 @@ fn read_user_pair(address: u64) -> Result<[u64; 2], Truncation> {
 
 #[inline(always)]
 fn python_step(walk: &mut Walk, stack: &mut StackTrace) {
-    if let python::Step::Done = python::step(stack, &mut walk.python_frame) {
+    // SAFETY: null or a map value (see `python::start`).
+    let step = match unsafe { walk.python.as_ref() } {
+        Some(python) => python::step(stack, &mut walk.python_frame, &python.layout),
+        None => python::Step::Done,
+    };
+    if let python::Step::Done = step {
         walk.in_python = false;
         walk.python_done = true;
     }

@@ -89,6 +89,8 @@ pub struct Symbolizer {
     /// Code objects of Python frames: (pid, address, identity) → what it was, or None if it was
     /// gone or replaced when first looked up.
     python_code: HashMap<(u32, u64, Option<u32>), Option<crate::python::code::CodeInfo>>,
+    /// Each process' CPython layout, found once (None: not a walked interpreter).
+    python_layouts: HashMap<u32, Option<memmon_common::python::Layout>>,
     /// Executable segments per object, to name unsymbolized frames by ELF address.
     segments: HashMap<PathBuf, Vec<(u64, u64, u64)>>,
     pub hits: u64,
@@ -103,7 +105,7 @@ impl Default for Symbolizer {
 
 impl Symbolizer {
     pub fn new() -> Self {
-        Self { blazesym: Blazesym::new(), maps: HashMap::new(), cache: HashMap::new(), build_ids: HashMap::new(), segments: HashMap::new(), python_code: HashMap::new(), hits: 0, misses: 0 }
+        Self { blazesym: Blazesym::new(), maps: HashMap::new(), cache: HashMap::new(), build_ids: HashMap::new(), segments: HashMap::new(), python_code: HashMap::new(), python_layouts: HashMap::new(), hits: 0, misses: 0 }
     }
 
     /// Reads the process' current memory map; kept if the process has already exited.
@@ -158,9 +160,14 @@ impl Symbolizer {
         let offset = detail.map(|d| d as u32);
         let key = (pid, code, identity);
         if !self.python_code.contains_key(&key) {
+            let layout = *self.python_layouts.entry(pid).or_insert_with(|| match crate::python::detect(pid) {
+                Ok(crate::python::Interpreter::Walked { process, .. }) => Some(process.layout),
+                _ => None,
+            });
             let info = fs::File::open(format!("/proc/{pid}/mem"))
                 .ok()
-                .and_then(|memory| crate::python::code::read(&memory, code).ok())
+                .zip(layout)
+                .and_then(|(memory, layout)| crate::python::code::read(&memory, &layout, code).ok())
                 .filter(|info| identity.is_none_or(|id| id == info.identity));
             self.python_code.insert(key, info);
         }

@@ -1,9 +1,10 @@
-//! Code objects of a running CPython 3.11, read from its memory, and the 3.11 location table.
+//! Code objects of a running CPython, read from its memory, and the location table (the same
+//! format in 3.11, 3.12 and 3.13).
 
 use std::{fs::File, os::unix::fs::FileExt as _};
 
 use anyhow::{Result, bail};
-use memmon_common::python::{identity, v3_11};
+use memmon_common::python::{Layout, identity};
 
 /// What a frame's code object says about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,28 +30,29 @@ fn u64_at(memory: &File, address: u64) -> Result<u64> {
     Ok(u64::from_le_bytes(word))
 }
 
-/// Reads the code object at `code`.
-pub fn read(memory: &File, code: u64) -> Result<CodeInfo> {
+/// Reads the code object at `code` of an interpreter laid out as `layout`.
+pub fn read(memory: &File, layout: &Layout, code: u64) -> Result<CodeInfo> {
     let mut first_line = [0u8; 4];
-    memory.read_exact_at(&mut first_line, code + v3_11::CODE_FIRSTLINENO)?;
+    memory.read_exact_at(&mut first_line, code + layout.code_firstlineno as u64)?;
     let first_line = u32::from_le_bytes(first_line);
     let (qualname, filename, linetable) = (
-        u64_at(memory, code + v3_11::CODE_QUALNAME)?,
-        u64_at(memory, code + v3_11::CODE_FILENAME)?,
-        u64_at(memory, code + v3_11::CODE_LINETABLE)?,
+        u64_at(memory, code + layout.code_qualname as u64)?,
+        u64_at(memory, code + layout.code_filename as u64)?,
+        u64_at(memory, code + layout.code_linetable as u64)?,
     );
     Ok(CodeInfo {
-        qualname: read_str(memory, qualname)?,
-        filename: read_str(memory, filename)?,
+        qualname: read_str(memory, layout, qualname)?,
+        filename: read_str(memory, layout, filename)?,
         first_line,
         linetable: read_bytes(memory, linetable)?,
-        identity: identity(qualname, u64_at(memory, qualname + v3_11::STR_HASH)?, filename, linetable, first_line),
+        identity: identity(qualname, u64_at(memory, qualname + layout.str_hash as u64)?, filename, linetable, first_line),
     })
 }
 
-/// A `str` object: compact ASCII (data after the 48-byte header) or compact with a kind of 1,
-/// 2 or 4 bytes a character (after the 72-byte header).
-pub fn read_str(memory: &File, object: u64) -> Result<String> {
+/// A `str` object: compact ASCII (characters after the `PyASCIIObject` header) or compact
+/// with a kind of 1, 2 or 4 bytes a character (after the `PyCompactUnicodeObject` header).
+/// The state bits (kind 2-4, compact 5, ascii 6) sit at the same place from 3.11 to 3.13.
+pub fn read_str(memory: &File, layout: &Layout, object: u64) -> Result<String> {
     let length = u64_at(memory, object + 16)?;
     if length > 4096 {
         bail!("a {length}-character name");
@@ -62,7 +64,8 @@ pub fn read_str(memory: &File, object: u64) -> Result<String> {
     if !compact {
         bail!("a non-compact str");
     }
-    let (start, width) = if ascii { (48, 1) } else { (72, kind as u64) };
+    let (start, width) =
+        if ascii { (layout.str_ascii_data as u64, 1) } else { (layout.str_compact_data as u64, kind as u64) };
     if !matches!(width, 1 | 2 | 4) {
         bail!("a str of kind {kind}");
     }
