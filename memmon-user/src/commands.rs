@@ -364,7 +364,7 @@ fn leaks_text(leaks: &Leaks, verbose: bool) -> String {
     }
     for indicator in &leaks.leak_indicators {
         let what = match &indicator.site {
-            Some(site) => format!("{} ({})", site.function(), site.location()),
+            Some(site) => site.headline(),
             None => format!("pid {} {}", indicator.pid, indicator.kind.replace('_', " ")),
         };
         let _ = writeln!(

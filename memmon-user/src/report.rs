@@ -147,6 +147,7 @@ mod tests {
             module: "app".into(),
             file: Some("app.c".into()),
             line: Some(line),
+            python: false,
             address: 0,
         }
     }

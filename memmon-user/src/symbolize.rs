@@ -27,6 +27,9 @@ pub struct Frame {
     pub module: String,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// A Python frame (function, file and line from a code object) rather than a native one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub python: bool,
     #[serde(skip)]
     pub address: u64,
 }
@@ -49,12 +52,12 @@ impl Frame {
             Some(elf_address) => format!("{module}+{elf_address:#x}"),
             None => format!("{module}+?"),
         };
-        Self { function, module, file: None, line: None, address }
+        Self { function, module, file: None, line: None, python: false, address }
     }
 
     /// A frame whose address no mapping we saw holds (the process and its map are gone).
     fn unmapped(address: u64) -> Self {
-        Self { function: "[unmapped code]".into(), module: String::new(), file: None, line: None, address }
+        Self { function: "[unmapped code]".into(), module: String::new(), file: None, line: None, python: false, address }
     }
 }
 
@@ -178,6 +181,7 @@ impl Symbolizer {
                 module: info.filename.clone(),
                 file: Some(info.filename.clone()),
                 line: offset.and_then(|offset| info.line(offset)),
+                python: true,
                 address,
             },
             None => Frame {
@@ -185,6 +189,7 @@ impl Symbolizer {
                 module: "python".into(),
                 file: None,
                 line: None,
+                python: true,
                 address,
             },
         }
@@ -249,7 +254,7 @@ impl Symbolizer {
                             Some(info) => (Some(info.to_path().display().to_string()), info.line),
                             None => (None, None),
                         };
-                        Some(Frame { function: sym.name.to_string(), module: module.clone(), file, line, address })
+                        Some(Frame { function: sym.name.to_string(), module: module.clone(), file, line, python: false, address })
                     }
                     _ => None,
                 })

@@ -45,6 +45,29 @@ impl Site {
     pub fn location(&self) -> String {
         self.frames.first().map(Frame::location).unwrap_or_default()
     }
+
+    /// The site in one line: its innermost frame, or for a site allocated from Python code the
+    /// Python frames that did it — `keep_record (views.py:10) ← audit_view (views.py:16) ← …`
+    /// — which say more than the interpreter's allocation functions above them.
+    pub fn headline(&self) -> String {
+        let python: Vec<&Frame> = self.frames.iter().filter(|f| f.python).collect();
+        if python.is_empty() {
+            return format!("{} ({})", self.function(), self.location());
+        }
+        let named = |f: &Frame| {
+            let file = f.file.as_deref().map(|file| file.rsplit('/').next().unwrap_or(file));
+            match (file, f.line) {
+                (Some(file), Some(line)) => format!("{} ({file}:{line})", f.function),
+                (Some(file), None) => format!("{} ({file})", f.function),
+                _ => f.function.clone(),
+            }
+        };
+        let mut line: Vec<String> = python.iter().take(2).map(|f| named(f)).collect();
+        if python.len() > 2 {
+            line.push("…".into());
+        }
+        line.join(" ← ")
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

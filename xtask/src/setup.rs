@@ -25,7 +25,8 @@ const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "gcc"];
 /// draws `memmon report flamegraph`'s SVG to check its frames are there, with a font to lay out
 /// the frame labels in (chromium only recommends fonts-liberation, and recommended packages are
 /// not installed here), gdb, whose backtraces are the oracle of the stack tests, and real
-/// programs from Debian that the tests attach to: python3.11 and redis-server (on jemalloc,
+/// programs from Debian that the tests attach to: python3.11 (and a Django 3.2 app under
+/// gunicorn, python3-django and gunicorn, whose leaking view is named by its Python frames) and redis-server (on jemalloc,
 /// whose probes must all be cheap; redis-tools brings redis-benchmark). `memmon run` is checked
 /// against valgrind's memcheck on real programs: valgrind itself, Tcl's tclsh8.6 and git (perl,
 /// sort and python3.11 are there already). The benchmarks compare with heaptrack (which attaches
@@ -41,6 +42,8 @@ const TEST_PACKAGES: &[&str] = &[
     "fonts-liberation",
     "gdb",
     "python3.11",
+    "python3-django",
+    "gunicorn",
     "redis-server",
     "redis-tools",
     "valgrind",

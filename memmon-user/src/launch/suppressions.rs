@@ -118,7 +118,7 @@ mod tests {
     use super::*;
 
     fn frame(function: &str, module: &str) -> Frame {
-        Frame { function: function.into(), module: module.into(), file: Some("/src/app/parse.c".into()), line: Some(3), address: 0 }
+        Frame { function: function.into(), module: module.into(), file: Some("/src/app/parse.c".into()), line: Some(3), python: false, address: 0 }
     }
 
     #[test]

@@ -234,6 +234,7 @@ fn location_frames(
                 module: module.clone(),
                 file: (!file.is_empty()).then(|| file.to_string()),
                 line: u32::try_from(line.line).ok().filter(|&l| l > 0),
+                python: location.address & memmon_common::python::FRAME_TAG != 0,
                 address: location.address,
             })
         })
