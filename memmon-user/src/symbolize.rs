@@ -111,6 +111,18 @@ impl Symbolizer {
         Self { blazesym: Blazesym::new(), maps: HashMap::new(), cache: HashMap::new(), build_ids: HashMap::new(), segments: HashMap::new(), python_code: HashMap::new(), python_layouts: HashMap::new(), hits: 0, misses: 0 }
     }
 
+    /// Code objects cached for naming Python frames, and the bytes their names, files and line
+    /// tables take.
+    pub fn python_cache(&self) -> (usize, usize) {
+        let bytes = self
+            .python_code
+            .values()
+            .flatten()
+            .map(|info| info.qualname.len() + info.filename.len() + info.linetable.len() + size_of::<crate::python::code::CodeInfo>())
+            .sum();
+        (self.python_code.len(), bytes)
+    }
+
     /// Reads the process' current memory map; kept if the process has already exited.
     pub fn observe(&mut self, pid: u32) {
         if let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) {

@@ -74,6 +74,9 @@ pub struct TracerOptions {
     pub allocator_probes: bool,
     /// Measure the cost of a probe hit before attaching (the agent's overhead estimate).
     pub calibrate: bool,
+    /// Walk CPython targets' Python frames (false: their stacks are native only; the
+    /// benchmark's baseline for the cost of the Python walk).
+    pub python_frames: bool,
 }
 
 impl Default for TracerOptions {
@@ -85,6 +88,7 @@ impl Default for TracerOptions {
             unwind_table_max_mb: DEFAULT_TABLE_MAX_MB,
             allocator_probes: true,
             calibrate: false,
+            python_frames: true,
         }
     }
 }
@@ -207,7 +211,7 @@ impl Tracer {
                 .sync_process(process.pid)
                 .map_err(|err| gone_hint(&process, err))
                 .with_context(|| format!("building unwind tables for pid {}", process.pid))?;
-            let python = register_python(&mut ebpf, process.pid)?;
+            let python = if options.python_frames { register_python(&mut ebpf, process.pid)? } else { Interpreter::None };
             let heap_at_attach = process.heap_extent();
             targets.push(Target { process, allocator, heap_at_attach, python });
         }
@@ -350,7 +354,8 @@ impl Tracer {
         match self.targets.iter_mut().find(|t| t.process.pid == pid) {
             Some(target) => target.allocator.objects.extend(allocator.objects),
             None => {
-                let python = register_python(&mut self.ebpf, pid)?;
+                let python =
+                    if self.options.python_frames { register_python(&mut self.ebpf, pid)? } else { Interpreter::None };
                 self.targets.push(Target { process, allocator, heap_at_attach, python })
             }
         }

@@ -69,6 +69,7 @@ fn run(task: Task) -> Result<()> {
             build(Scope::Test)?;
             cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench"], &[])?;
             cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-unwind"], &[])?;
+            cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-python"], &[])?;
             cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-launch"], &[])?;
             cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-production"], &[])
         }
