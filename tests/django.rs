@@ -90,7 +90,11 @@ fn frames_of(indicator: &Value) -> Vec<(String, String, Option<u64>)> {
 fn check_leaks_names_the_leaking_view_by_function_and_line() {
     require_root();
     let server = Gunicorn::start();
-    let agent = Agent::start(server.worker(), &["--metrics-update-interval", "1", "--leak-check-interval", "1"]);
+    let profiles = std::env::temp_dir().join(format!("memmon-django-{}", std::process::id()));
+    let agent = Agent::start(
+        server.worker(),
+        &["--metrics-update-interval", "1", "--leak-check-interval", "1", "--profiling-output-dir", profiles.to_str().unwrap()],
+    );
     // Both views, request after request, over several leak checks.
     let mut audits = 0u64;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -157,4 +161,30 @@ fn check_leaks_names_the_leaking_view_by_function_and_line() {
     // By module: the app's views.py is one of memory-summary's modules.
     let (_, text, _) = agent.command("memory-summary", &[]);
     assert!(text.contains("views.py"), "{text}");
+
+    // A profile of 20 more requests: go tool pprof -list shows the view's source lines with
+    // what each allocated.
+    let (code, started, stderr) = agent.command("start-profiling", &["--format", "json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let id = serde_json::from_str::<Value>(&started).unwrap()["profile_id"].as_str().unwrap().to_string();
+    for _ in 0..20 {
+        server.get("/audit").unwrap();
+    }
+    let (code, _, stderr) = agent.command("stop-profiling", &["--profile-id", &id]);
+    assert_eq!(code, 0, "{stderr}");
+    let output = Command::new("go")
+        .args(["tool", "pprof", "-list", "^keep_record$", "-unit=B", "-sample_index=alloc_space"])
+        .arg(profiles.join(format!("{id}.pb.gz")))
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .expect("go (Debian package golang-go)");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let line = listing
+        .lines()
+        .find(|l| l.contains("10:") && l.contains("record = bytearray(RECORD_BYTES)"))
+        .unwrap_or_else(|| panic!("no views.py:10 in the listing: {listing}{}", String::from_utf8_lossy(&output.stderr)));
+    // Flat is the interpreter's native code; cumulative, exactly the 20 records.
+    let cumulative: Option<u64> = line.split_whitespace().nth(1).and_then(|b| b.strip_suffix('B')?.parse().ok());
+    assert_eq!(cumulative, Some(20 * RECORD_BLOCK), "{listing}");
+    let _ = std::fs::remove_dir_all(&profiles);
 }
