@@ -178,12 +178,7 @@ pub fn render(agent: &mut Agent) -> Result<String> {
     let comms: std::collections::HashMap<u32, String> =
         agent.tracer().targets().iter().map(|t| (t.process.pid, t.process.comm.clone())).collect();
     for site in snapshot.top_live(top_k) {
-        let frame = agent.symbolizer().frames(site.pid, &site.frames[..site.frames.len().min(1)]);
-        let name = match frame.first() {
-            Some(frame) => format!("{} ({}) #{:06x}", frame.function, frame.location(), site.id & 0xff_ffff),
-            None => format!("[unknown stack] #{:06x}", site.id & 0xff_ffff),
-        };
-        let name: String = name.chars().take(160).collect();
+        let name = site_label(agent, site.pid, &site.frames, site.id);
         let pid = site.pid.to_string();
         let comm = comms.get(&site.pid).cloned().unwrap_or_default();
         site_bytes.with_label_values(&[&pid, &comm, &name]).set(int(site.live_bytes()));
@@ -224,6 +219,17 @@ pub fn render(agent: &mut Agent) -> Result<String> {
 
 /// `memmon_allocation_size_bytes`, a histogram of the kernel's power-of-two size buckets (built
 /// by hand: the counts are the kernel's, not observed here one by one).
+/// A site's `site` label: its one-line name (innermost frame, or its Python frames for a site
+/// allocated from Python code) and 24 bits of its id, which keep two sites of one name apart.
+fn site_label(agent: &mut Agent, pid: u32, frames: &[u64], id: u64) -> String {
+    let frames = agent.symbolizer().frames(pid, frames);
+    let name = match frames.is_empty() {
+        false => format!("{} #{:06x}", crate::wire::Site { frames, ..Default::default() }.headline(), id & 0xff_ffff),
+        true => format!("[unknown stack] #{:06x}", id & 0xff_ffff),
+    };
+    name.chars().take(160).collect()
+}
+
 fn size_histogram(buckets: &[u64], sum: u64) -> MetricFamily {
     let mut histogram = proto::Histogram::default();
     let mut cumulative = 0u64;
@@ -290,12 +296,7 @@ fn function_metrics(agent: &mut Agent, samples: &[crate::track::FunctionSample],
         in_flight.with_label_values(&values).set(int(sample.in_flight));
         for (id, stats) in sample.sites.iter().take(FUNCTION_TOP_SITES) {
             let frames = frames_of.get(id).cloned().unwrap_or_default();
-            let frame = agent.symbolizer().frames(function.pid, &frames);
-            let name = match frame.first() {
-                Some(frame) => format!("{} ({}) #{:06x}", frame.function, frame.location(), id & 0xff_ffff),
-                None => format!("[unknown stack] #{:06x}", id & 0xff_ffff),
-            };
-            let name: String = name.chars().take(160).collect();
+            let name = site_label(agent, function.pid, &frames, *id);
             sites.with_label_values(&[values[0], values[1], values[2], &name]).inc_by(stats.alloc_bytes);
         }
         let pairs = |v: &[&str; 3]| labels.iter().zip(v).map(|(l, v)| (l.to_string(), v.to_string())).collect::<Vec<_>>();
