@@ -7,6 +7,7 @@ pub mod allocator;
 pub mod batch;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod launch;
 pub mod overhead;
 pub mod leaks;

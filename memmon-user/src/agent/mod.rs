@@ -2,6 +2,7 @@
 //! every MEMMON_LEAK_CHECK_INTERVAL, serve the control API on MEMMON_LISTEN, and print a live
 //! report, until SIGINT/SIGTERM or `--duration`.
 
+mod access;
 mod api;
 mod metrics;
 pub mod report;
@@ -16,7 +17,13 @@ use tokio::{
     time::{Instant, MissedTickBehavior, interval_at, sleep_until},
 };
 
-use crate::config::AgentConfig;
+use crate::{
+    config::AgentConfig,
+    control::{
+        socket::{self, ControlSocket},
+        token::Token,
+    },
+};
 use state::Agent;
 
 type Job = Box<dyn FnOnce(&mut Agent) + Send>;
@@ -73,6 +80,15 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         format!("cannot listen on {} (MEMMON_LISTEN / --listen)", config.listen)
     })?;
     let address = listener.local_addr()?;
+    let token = match &config.api_token_file {
+        Some(path) => Some(std::sync::Arc::new(Token::read(path)?)),
+        None => None,
+    };
+    let socket_path = config.control_socket.clone().unwrap_or_else(|| socket::default_path(address.port()));
+    let control_socket = ControlSocket::bind(&socket_path)?;
+    let socket_listener = tokio::net::UnixListener::from_std(control_socket.listener.try_clone()?)?;
+    // SAFETY: geteuid cannot fail.
+    let access = access::Access { agent_uid: unsafe { libc::geteuid() }, token, socket: socket_path.clone() };
     let (agent, agent_thread) = Handle::start(config.clone())?;
     let attached = agent
         .with(|agent| {
@@ -114,8 +130,13 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             config.overhead_budget * 100.0
         ),
     }
+    eprintln!(
+        "memmon: control socket on {} (mode 0600: root and uid {})",
+        socket_path.display(),
+        access.agent_uid
+    );
     eprintln!("memmon: control API on http://{address}");
-    let server = tokio::spawn(api::serve(listener, agent.clone()));
+    let server = tokio::spawn(api::serve(listener, socket_listener, agent.clone(), access));
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -180,6 +201,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     print!("{text}");
     drop(agent); // the last handle: the agent thread ends and detaches every probe
     let _ = agent_thread.join();
+    drop(control_socket);
     eprintln!("memmon: probes detached");
     Ok(())
 }
