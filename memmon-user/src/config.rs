@@ -127,6 +127,10 @@ pub struct AgentConfig {
     /// entry).
     #[arg(long, env = "MEMMON_OPTIMIZE_PROBE_SITES", default_value_t = true, action = clap::ArgAction::Set)]
     pub optimize_probe_sites: bool,
+    /// Once attached, keep only the capabilities the rest needs (README "Privileges"); false
+    /// keeps whatever the agent started with.
+    #[arg(long, env = "MEMMON_DROP_CAPABILITIES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub drop_capabilities: bool,
     /// Directory for profiles (created 0700 if missing; must be writable).
     #[arg(long, env = "MEMMON_PROFILING_OUTPUT_DIR", default_value = "/var/lib/memmon/profiles")]
     pub profiling_output_dir: PathBuf,

@@ -11,6 +11,7 @@ pub mod control;
 pub mod launch;
 pub mod overhead;
 pub mod leaks;
+pub mod privileges;
 pub mod probe_site;
 pub mod profiles;
 pub mod python;

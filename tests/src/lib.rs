@@ -260,8 +260,14 @@ impl Agent {
     /// Starts `memmon agent --pid PID --listen 127.0.0.1:0 ARGS` and waits for its API.
     /// Profiling is off unless ARGS set it up (a profile directory, or enabled/disabled).
     pub fn start(pid: u32, args: &[&str]) -> Self {
+        Self::start_as(Command::new(memmon_binary()), pid, args)
+    }
+
+    /// `start`, with `launcher` running the binary (e.g. `setpriv … memmon`: its arguments
+    /// end with memmon's path); the agent arguments follow.
+    pub fn start_as(mut launcher: Command, pid: u32, args: &[&str]) -> Self {
         let profiling = args.iter().any(|a| a.starts_with("--profiling"));
-        let mut child = Command::new(memmon_binary())
+        let mut child = launcher
             .args(["agent", "--pid", &pid.to_string(), "--listen", "127.0.0.1:0", "--report-interval", "0"])
             .args(if profiling { &[][..] } else { &["--profiling-enabled", "false"][..] })
             .args(args)
@@ -327,7 +333,14 @@ impl Agent {
 
     /// `command` with `--format json`, parsed; panics unless it succeeded.
     pub fn json(&self, command: &str) -> serde_json::Value {
-        let (code, stdout, stderr) = self.command(command, &["--format", "json"]);
+        self.json_with(command, &[])
+    }
+
+    /// `json` with more arguments.
+    pub fn json_with(&self, command: &str, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["--format", "json"]);
+        let (code, stdout, stderr) = self.command(command, &all);
         assert_eq!(code, 0, "{command} failed: {stderr}");
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{command} printed no JSON ({e}): {stdout}"))
     }

@@ -19,6 +19,7 @@ use tokio::{
 
 use crate::{
     config::AgentConfig,
+    privileges,
     control::{
         socket::{self, ControlSocket},
         token::Token,
@@ -41,7 +42,14 @@ impl Handle {
         let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
         let (started, outcome) = std::sync::mpsc::channel();
         let thread = thread::Builder::new().name("memmon-agent".into()).spawn(move || {
-            let mut agent = match Agent::start(config) {
+            let keep = retained_capabilities(&config);
+            let started_agent = Agent::start(config).and_then(|agent| {
+                if let Some(keep) = keep {
+                    privileges::drop_to(&keep).context("dropping capabilities after attaching")?;
+                }
+                Ok(agent)
+            });
+            let mut agent = match started_agent {
                 Ok(agent) => {
                     let _ = started.send(Ok(()));
                     agent
@@ -90,6 +98,11 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     // SAFETY: geteuid cannot fail.
     let access = access::Access { agent_uid: unsafe { libc::geteuid() }, token, socket: socket_path.clone() };
     let (agent, agent_thread) = Handle::start(config.clone())?;
+    // The main thread only serves the API: it needs no capability at all.
+    if config.drop_capabilities {
+        privileges::drop_to(&[]).context("dropping capabilities after attaching")?;
+    }
+    let capabilities = agent.with(|_| privileges::effective().map(|set| privileges::names(&set))).await??;
     let attached = agent
         .with(|agent| {
             agent
@@ -130,6 +143,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             config.overhead_budget * 100.0
         ),
     }
+    eprintln!(
+        "memmon: capabilities kept after attaching: {capabilities}{}",
+        if config.drop_capabilities { "" } else { " (MEMMON_DROP_CAPABILITIES=false)" }
+    );
     eprintln!(
         "memmon: control socket on {} (mode 0600: root and uid {})",
         socket_path.display(),
@@ -204,6 +221,14 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     drop(control_socket);
     eprintln!("memmon: probes detached");
     Ok(())
+}
+
+/// The capabilities the agent thread keeps once attached; None keeps them all.
+fn retained_capabilities(config: &AgentConfig) -> Option<Vec<caps::Capability>> {
+    if !config.drop_capabilities {
+        return None;
+    }
+    Some(privileges::retained(config.tier).into_iter().map(|(cap, _why)| cap).collect())
 }
 
 fn final_report(agent: &mut Agent) -> String {
