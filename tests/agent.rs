@@ -101,8 +101,8 @@ fn every_command_in_both_formats() {
     assert!(stdout.contains("stopping (terminated)"), "{stdout}");
 }
 
-fn raw_http(url: &str, request_line: &str) -> (u16, Value) {
-    let (status, body) = memmon_tests::http(url, request_line);
+fn raw_http(agent: &Agent, request_line: &str) -> (u16, Value) {
+    let (status, body) = agent.api(request_line);
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
@@ -118,11 +118,11 @@ fn the_api_refuses_malformed_requests_with_json_errors() {
         ("POST /status", 405),
         ("DELETE /update-metrics", 405),
     ] {
-        let (status, body) = raw_http(&agent.url, request);
+        let (status, body) = raw_http(&agent, request);
         assert_eq!(status, expected, "{request}: {body}");
         assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{request}: {body}");
     }
-    let (status, body) = raw_http(&agent.url, "GET /status");
+    let (status, body) = raw_http(&agent, "GET /status");
     assert_eq!((status, &body["attached"]), (200, &Value::Bool(true)));
     let address = agent.url.trim_start_matches("http://").to_string();
     assert!(address.starts_with("127.0.0.1:"), "loopback: {address}");

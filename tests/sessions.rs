@@ -353,7 +353,7 @@ fn profiling_disabled_is_refused_clearly() {
     let (code, _, stderr) = agent.command("start-profiling", &[]);
     assert_eq!(code, 1);
     assert!(stderr.contains("403") && stderr.contains("MEMMON_PROFILING_ENABLED=false"), "{stderr}");
-    let (status, body) = http(&agent.url, "POST /profiles/cleanup");
+    let (status, body) = agent.api("POST /profiles/cleanup");
     assert_eq!(status, 403, "{body}");
     let (code, status, _) = agent.command("status", &[]);
     assert_eq!(code, 0);
@@ -381,13 +381,13 @@ fn bad_ids_are_refused_and_nothing_is_read_or_deleted() {
         ("POST /profiles/20261101T000000Z-00000001/stop", 404),
         ("GET /profiles/20261101T000000Z-00000001/pprof", 404),
     ] {
-        let (status, body) = http(&agent.url, request);
+        let (status, body) = agent.api(request);
         assert_eq!(status, expected, "{request}: {body}");
         assert!(!body.contains("secret"), "{request}: {body}");
         let error: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{request}: not JSON: {body}"));
         assert!(error["error"].is_string(), "{request}: {body}");
     }
-    let (status, body) = http(&agent.url, "GET /profiles/..%2Fx/pprof");
+    let (status, body) = agent.api("GET /profiles/..%2Fx/pprof");
     assert!(body.contains("invalid profile id") && body.contains("`/`"), "{status} {body}");
     let (code, _, stderr) = agent.command("stop-profiling", &["--profile-id", "../../etc/passwd"]);
     assert_eq!(code, 1);
@@ -395,9 +395,9 @@ fn bad_ids_are_refused_and_nothing_is_read_or_deleted() {
     assert_eq!(std::fs::read(&outside).unwrap(), b"secret", "nothing deleted");
     // A good id works end to end, download included.
     let id = start_profiling(&agent, &["--duration", "1"]);
-    let (status, body) = http(&agent.url, &format!("GET /profiles/{id}"));
+    let (status, body) = agent.api(&format!("GET /profiles/{id}"));
     assert_eq!(status, 200, "{body}");
-    let (status, _) = http(&agent.url, &format!("GET /profiles/{id}/pprof"));
+    let (status, _) = agent.api(&format!("GET /profiles/{id}/pprof"));
     assert_eq!(status, 200);
     std::fs::remove_file(&outside).unwrap();
     drop(agent);

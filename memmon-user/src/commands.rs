@@ -3,12 +3,16 @@
 
 mod profiling;
 
-use std::{fmt::Write as _, process::ExitCode};
+use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::de::DeserializeOwned;
 
 use crate::{
+    control::{
+        client::{Endpoint, Failure},
+        token::Token,
+    },
     report::{SiteView, human_bytes, site_table},
     wire::{ApiError, Bucket, Health, Leaks, MemorySummary, ProbeSiteStatus, Site, Status, TrackedFunction},
 };
@@ -21,45 +25,58 @@ pub enum Format {
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Client {
-    /// The agent's control API (default: http:// + MEMMON_LISTEN).
+    /// Talk to the agent over TCP at this URL (http://HOST:PORT) instead of its control socket;
+    /// everything but /metrics and /health then needs --api-token-file.
     #[arg(long, env = "MEMMON_AGENT")]
     pub agent: Option<String>,
-    /// Where the agent listens, when --agent is not given.
+    /// Where the agent listens: the default control socket is derived from its port.
     #[arg(long, env = "MEMMON_LISTEN", default_value = "127.0.0.1:9464", hide = true)]
     pub listen: String,
+    /// The agent's control socket (default: /run/memmon/control-PORT.sock, PORT from
+    /// MEMMON_LISTEN).
+    #[arg(long, env = "MEMMON_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// File holding the bearer token sent with --agent URL (the agent's MEMMON_API_TOKEN_FILE).
+    #[arg(long, env = "MEMMON_API_TOKEN_FILE", value_name = "PATH")]
+    pub api_token_file: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
 
 impl Client {
-    fn base(&self) -> String {
-        let base = self.agent.clone().unwrap_or_else(|| format!("http://{}", self.listen));
-        base.trim_end_matches('/').to_string()
+    /// The control socket unless --agent names a URL.
+    fn endpoint(&self) -> Result<Endpoint> {
+        if let Some(url) = &self.agent {
+            let token = self.api_token_file.as_deref().map(Token::read).transpose()?;
+            return Ok(Endpoint::Tcp { url: url.trim_end_matches('/').to_string(), token });
+        }
+        if let Some(path) = &self.control_socket {
+            return Ok(Endpoint::Socket(path.clone()));
+        }
+        let port = self
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map(|address| address.port())
+            .map_err(|err| anyhow!("MEMMON_LISTEN {}: {err}; expected HOST:PORT, e.g. 127.0.0.1:9464", self.listen))?;
+        Ok(Endpoint::Socket(crate::control::socket::default_path(port)))
     }
 
     fn call(&self, method: &str, path: &str) -> Result<String> {
-        let url = format!("{}{path}", self.base());
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(30)))
-            .build()
-            .new_agent();
-        let response = match method {
-            "POST" => agent.post(&url).send_empty(),
-            _ => agent.get(&url).call(),
-        };
-        let mut response = response.map_err(|err| {
-            anyhow!(
-                "no memmon agent answers at {} ({err}); start one with `memmon agent --pid PID`, \
-                 or point to it with --agent URL",
-                self.base()
-            )
+        let endpoint = self.endpoint()?;
+        let answer = endpoint.request(method, path).map_err(|failure| match failure {
+            Failure::Connect(err) if err.kind() == std::io::ErrorKind::PermissionDenied => anyhow!(
+                "cannot connect to {endpoint} ({err}): the control socket is for root and the agent's own user"
+            ),
+            Failure::Connect(err) => anyhow!(
+                "no memmon agent answers at {endpoint} ({err}); start one with `memmon agent --pid PID`, \
+                 or point to it with --control-socket PATH or --agent URL"
+            ),
+            Failure::Exchange(err) => err.context(format!("asking the agent at {endpoint}")),
         })?;
-        let status = response.status();
-        let body = response.body_mut().read_to_string().context("reading the agent's answer")?;
-        if !status.is_success() {
+        let body = String::from_utf8_lossy(&answer.body).into_owned();
+        if !answer.status.is_success() {
             let message = serde_json::from_str::<ApiError>(&body).map(|e| e.error).unwrap_or(body);
-            bail!("the agent refused ({status}): {message}");
+            bail!("the agent refused ({}): {message}", answer.status);
         }
         Ok(body)
     }

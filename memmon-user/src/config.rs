@@ -63,9 +63,18 @@ pub struct AgentConfig {
     /// Process to trace (repeat, or comma-separate in MEMMON_PID, for several).
     #[arg(long = "pid", env = "MEMMON_PID", value_delimiter = ',', required = true, value_name = "PID")]
     pub pids: Vec<u32>,
-    /// Address of the control API (and, later, /metrics). Loopback unless you mean otherwise.
+    /// TCP address of /metrics and /health (and of the rest of the API, with
+    /// MEMMON_API_TOKEN_FILE). Loopback unless you mean otherwise.
     #[arg(long, env = "MEMMON_LISTEN", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
+    /// The control socket, serving every endpoint to root and the agent's user (default:
+    /// /run/memmon/control-PORT.sock, PORT the one MEMMON_LISTEN bound).
+    #[arg(long, env = "MEMMON_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// File with a bearer token (one line, ≥ 16 characters, mode 0600, owned by root or the
+    /// agent's user): with it, TCP serves the whole API to requests that carry the token.
+    #[arg(long, env = "MEMMON_API_TOKEN_FILE", value_name = "PATH")]
+    pub api_token_file: Option<PathBuf>,
     /// Seconds between snapshots of the kernel tables and /proc.
     #[arg(long, env = "MEMMON_METRICS_UPDATE_INTERVAL", default_value = "15", value_parser = seconds("MEMMON_METRICS_UPDATE_INTERVAL"))]
     pub metrics_update_interval: u64,
@@ -118,6 +127,10 @@ pub struct AgentConfig {
     /// entry).
     #[arg(long, env = "MEMMON_OPTIMIZE_PROBE_SITES", default_value_t = true, action = clap::ArgAction::Set)]
     pub optimize_probe_sites: bool,
+    /// Once attached, keep only the capabilities the rest needs (README "Privileges"); false
+    /// keeps whatever the agent started with.
+    #[arg(long, env = "MEMMON_DROP_CAPABILITIES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub drop_capabilities: bool,
     /// Directory for profiles (created 0700 if missing; must be writable).
     #[arg(long, env = "MEMMON_PROFILING_OUTPUT_DIR", default_value = "/var/lib/memmon/profiles")]
     pub profiling_output_dir: PathBuf,

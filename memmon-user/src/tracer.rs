@@ -680,31 +680,22 @@ fn gone_hint(process: &Process, err: anyhow::Error) -> anyhow::Error {
     }
 }
 
-/// CAP_BPF (39) and CAP_PERFMON (38) suffice on current kernels; CAP_SYS_ADMIN (21) implies both.
+/// Measured on 6.18: the uprobe PMU wants CAP_SYS_ADMIN (CAP_BPF + CAP_PERFMON get EACCES from
+/// perf_event_open), and CAP_SYS_ADMIN satisfies the BPF and perf checks too. README
+/// "Privileges" has the rest of the set (CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH).
 pub fn require_privileges() -> Result<()> {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |cap: u32| effective & (1 << cap) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+    if caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_ADMIN).unwrap_or(false) {
         Ok(())
     } else {
-        bail!(
-            "memmon needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs; \
-             run it with sudo"
-        )
+        bail!("{NEEDED}; run it with sudo")
     }
 }
 
+const NEEDED: &str = "memmon needs root (or CAP_SYS_ADMIN, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH) to attach uprobes";
+
 fn privilege_hint(err: anyhow::Error) -> anyhow::Error {
     if format!("{err:#}").contains("Operation not permitted") {
-        err.context("the kernel refused; memmon needs root (or CAP_BPF and CAP_PERFMON)")
+        err.context(format!("the kernel refused; {NEEDED}"))
     } else {
         err
     }

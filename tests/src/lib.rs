@@ -249,7 +249,10 @@ pub fn by_function(snapshot: &Snapshot, symbolizer: &mut Symbolizer) -> HashMap<
 /// when dropped.
 pub struct Agent {
     child: Child,
+    /// The TCP listener: /metrics and /health for anyone, the rest with a token.
     pub url: String,
+    /// The control socket: every endpoint, for root and the agent's user.
+    pub socket: PathBuf,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -257,8 +260,14 @@ impl Agent {
     /// Starts `memmon agent --pid PID --listen 127.0.0.1:0 ARGS` and waits for its API.
     /// Profiling is off unless ARGS set it up (a profile directory, or enabled/disabled).
     pub fn start(pid: u32, args: &[&str]) -> Self {
+        Self::start_as(Command::new(memmon_binary()), pid, args)
+    }
+
+    /// `start`, with `launcher` running the binary (e.g. `setpriv … memmon`: its arguments
+    /// end with memmon's path); the agent arguments follow.
+    pub fn start_as(mut launcher: Command, pid: u32, args: &[&str]) -> Self {
         let profiling = args.iter().any(|a| a.starts_with("--profiling"));
-        let mut child = Command::new(memmon_binary())
+        let mut child = launcher
             .args(["agent", "--pid", &pid.to_string(), "--listen", "127.0.0.1:0", "--report-interval", "0"])
             .args(if profiling { &[][..] } else { &["--profiling-enabled", "false"][..] })
             .args(args)
@@ -268,22 +277,37 @@ impl Agent {
             .expect("cannot start memmon agent");
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut seen = String::new();
+        let mut socket = None;
         let url = loop {
             let mut line = String::new();
             if stderr.read_line(&mut line).unwrap() == 0 {
                 panic!("agent ended before serving: {seen}");
             }
             seen.push_str(&line);
+            if let Some(rest) = line.trim().strip_prefix("memmon: control socket on ") {
+                socket = rest.split(" (").next().map(PathBuf::from);
+            }
             if let Some(url) = line.trim().strip_prefix("memmon: control API on ") {
                 break url.to_string();
             }
         };
+        let socket = socket.unwrap_or_else(|| panic!("the agent named no control socket: {seen}"));
         let stderr = std::thread::spawn(move || {
             let mut rest = String::new();
             let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
             seen + &rest
         });
-        Self { child, url, stderr: Some(stderr) }
+        Self { child, url, socket, stderr: Some(stderr) }
+    }
+
+    /// The TCP address the agent listens on (its MEMMON_LISTEN, resolved).
+    pub fn address(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// One request over the control socket, as root: (status, body).
+    pub fn api(&self, request_line: &str) -> (u16, String) {
+        http_unix(&self.socket, request_line).unwrap_or_else(|err| panic!("{}: {err}", self.socket.display()))
     }
 
     /// The agent's process id.
@@ -291,11 +315,12 @@ impl Agent {
         self.child.id()
     }
 
-    /// Runs `memmon COMMAND --agent URL ARGS`; returns (exit code, stdout, stderr).
+    /// Runs `memmon COMMAND ARGS` with the agent's MEMMON_LISTEN, as an operator on the host
+    /// would (the command finds the control socket from it); returns (exit code, stdout, stderr).
     pub fn command(&self, command: &str, args: &[&str]) -> (i32, String, String) {
         let output = Command::new(memmon_binary())
             .arg(command)
-            .args(["--agent", &self.url])
+            .env("MEMMON_LISTEN", self.address())
             .args(args)
             .output()
             .unwrap();
@@ -308,7 +333,14 @@ impl Agent {
 
     /// `command` with `--format json`, parsed; panics unless it succeeded.
     pub fn json(&self, command: &str) -> serde_json::Value {
-        let (code, stdout, stderr) = self.command(command, &["--format", "json"]);
+        self.json_with(command, &[])
+    }
+
+    /// `json` with more arguments.
+    pub fn json_with(&self, command: &str, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["--format", "json"]);
+        let (code, stdout, stderr) = self.command(command, &all);
         assert_eq!(code, 0, "{command} failed: {stderr}");
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{command} printed no JSON ({e}): {stdout}"))
     }
@@ -342,11 +374,24 @@ pub fn http(url: &str, request_line: &str) -> (u16, String) {
 
 /// `http`, for a server that may not be listening yet.
 pub fn try_http(url: &str, request_line: &str) -> std::io::Result<(u16, String)> {
-    use std::io::{Read as _, Write as _};
+    try_http_with(url, request_line, &[])
+}
+
+/// `try_http` with extra header lines (`Authorization: Bearer …`).
+pub fn try_http_with(url: &str, request_line: &str, headers: &[&str]) -> std::io::Result<(u16, String)> {
     let address = url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(address)?;
+    exchange(std::net::TcpStream::connect(address)?, address, request_line, headers)
+}
+
+/// One HTTP request over a Unix socket (an agent's control socket).
+pub fn http_unix(socket: &Path, request_line: &str) -> std::io::Result<(u16, String)> {
+    exchange(std::os::unix::net::UnixStream::connect(socket)?, "localhost", request_line, &[])
+}
+
+fn exchange(mut stream: impl std::io::Read + std::io::Write, host: &str, request_line: &str, headers: &[&str]) -> std::io::Result<(u16, String)> {
+    let headers: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     // HTTP/1.0: the answer comes whole (no chunked encoding to undo), then the connection closes.
-    write!(stream, "{request_line} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n")?;
+    write!(stream, "{request_line} HTTP/1.0\r\nHost: {host}\r\n{headers}Content-Length: 0\r\n\r\n")?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let response = String::from_utf8_lossy(&response);

@@ -150,7 +150,10 @@ fn demo() -> Result<()> {
     let url = api_url(&mut agent.0)?;
     thread::sleep(Duration::from_secs(2));
     println!("xtask: profiling the demo for 6 s: memmon start-profiling --duration 0.1");
-    let started = memmon(&["start-profiling", "--agent", &url, "--duration", "0.1"])?;
+    // Over the agent's control socket, found from the same MEMMON_LISTEN (TCP serves only
+    // /metrics and /health without a token).
+    let address = url.trim_start_matches("http://");
+    let started = memmon_with(&["start-profiling", "--duration", "0.1"], &[("MEMMON_LISTEN", address)])?;
     print!("{started}");
     let id = started
         .lines()
@@ -189,7 +192,12 @@ fn api_url(agent: &mut Child) -> Result<String> {
 
 /// Runs `memmon ARGS` and returns what it printed.
 fn memmon(args: &[&str]) -> Result<String> {
-    let output = Command::new(memmon_binary()).args(args).output()?;
+    memmon_with(args, &[])
+}
+
+/// `memmon` with environment variables set.
+fn memmon_with(args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+    let output = Command::new(memmon_binary()).args(args).envs(env.iter().copied()).output()?;
     if !output.status.success() {
         bail!("memmon {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
     }

@@ -30,7 +30,8 @@ const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "gcc"];
 /// whose probes must all be cheap; redis-tools brings redis-benchmark). `memmon run` is checked
 /// against valgrind's memcheck on real programs: valgrind itself, Tcl's tclsh8.6 and git (perl,
 /// sort and python3.11 are there already). The benchmarks compare with heaptrack (which attaches
-/// through gdb) and read the kernel's per-program run times with bpftool.
+/// through gdb) and read the kernel's per-program run times with bpftool. tests/security.rs runs
+/// an agent as nobody with setpriv (util-linux) and checks the systemd unit with systemd-analyze.
 const TEST_PACKAGES: &[&str] = &[
     "g++",
     "libjemalloc2",
@@ -51,6 +52,8 @@ const TEST_PACKAGES: &[&str] = &[
     "git",
     "heaptrack",
     "bpftool",
+    "util-linux",
+    "systemd",
 ];
 
 fn packages(scope: Scope) -> Vec<&'static str> {

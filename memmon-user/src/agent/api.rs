@@ -1,5 +1,6 @@
-//! The control API: JSON over HTTP for the management commands (DESIGN.md contract). Loopback
-//! by default; every error is a 4xx/5xx with `{"error": "..."}`.
+//! The control API: JSON over HTTP for the management commands (DESIGN.md contract), served on
+//! the control socket and on TCP (loopback by default), each behind its gate (`access`);
+//! every error is a 4xx/5xx with `{"error": "..."}`.
 
 use axum::{
     Json, Router,
@@ -8,15 +9,20 @@ use axum::{
         rejection::{PathRejection, QueryRejection},
     },
     http::{StatusCode, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde::Deserialize;
 
-use super::{Handle, state::Refusal};
+use super::{
+    Handle,
+    access::{self, Access, AuditNote, Peer},
+    state::Refusal,
+};
 use crate::wire::{ApiError, Profiles};
 
-pub async fn serve(listener: tokio::net::TcpListener, agent: Handle) {
+pub async fn serve(tcp: tokio::net::TcpListener, socket: tokio::net::UnixListener, agent: Handle, access: Access) {
     let app = Router::new()
         .route("/status", get(status))
         .route("/health", get(health))
@@ -32,12 +38,20 @@ pub async fn serve(listener: tokio::net::TcpListener, agent: Handle) {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(agent);
-    if let Err(err) = axum::serve(listener, app).await {
-        log::error!("control API stopped: {err}");
+    let on_tcp = app.clone().layer(middleware::from_fn_with_state(access.clone(), access::guard_tcp));
+    let on_socket = app.layer(middleware::from_fn_with_state(access, access::guard_socket));
+    let (tcp, socket) = tokio::join!(
+        axum::serve(tcp, on_tcp.into_make_service_with_connect_info::<std::net::SocketAddr>()),
+        axum::serve(socket, on_socket.into_make_service_with_connect_info::<Peer>()),
+    );
+    for (listener, result) in [("TCP", tcp), ("socket", socket)] {
+        if let Err(err) = result {
+            log::error!("control API ({listener}) stopped: {err}");
+        }
     }
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(ApiError { error: message.into() })).into_response()
 }
 
@@ -174,7 +188,16 @@ async fn start_profiling(State(agent): State<Handle>, query: Result<Query<StartQ
     let Ok(pids) = pids else {
         return error(StatusCode::BAD_REQUEST, "bad query: pids must be comma-separated process ids");
     };
-    profiling(&agent, StatusCode::CREATED, move |agent| agent.start_profiling(minutes, &pids)).await
+    match agent.with(move |agent| agent.start_profiling(minutes, &pids)).await {
+        Ok(Ok(info)) => {
+            let note = AuditNote(format!("profile={} pids={:?}", info.profile_id, info.pids));
+            let mut response = (StatusCode::CREATED, Json(info)).into_response();
+            response.extensions_mut().insert(note);
+            response
+        }
+        Ok(Err(refusal)) => refused(refusal),
+        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")),
+    }
 }
 
 async fn list_profiles(State(agent): State<Handle>) -> Response {

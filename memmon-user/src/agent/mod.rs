@@ -2,6 +2,7 @@
 //! every MEMMON_LEAK_CHECK_INTERVAL, serve the control API on MEMMON_LISTEN, and print a live
 //! report, until SIGINT/SIGTERM or `--duration`.
 
+mod access;
 mod api;
 mod metrics;
 pub mod report;
@@ -16,7 +17,14 @@ use tokio::{
     time::{Instant, MissedTickBehavior, interval_at, sleep_until},
 };
 
-use crate::config::AgentConfig;
+use crate::{
+    config::AgentConfig,
+    privileges,
+    control::{
+        socket::{self, ControlSocket},
+        token::Token,
+    },
+};
 use state::Agent;
 
 type Job = Box<dyn FnOnce(&mut Agent) + Send>;
@@ -34,7 +42,14 @@ impl Handle {
         let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
         let (started, outcome) = std::sync::mpsc::channel();
         let thread = thread::Builder::new().name("memmon-agent".into()).spawn(move || {
-            let mut agent = match Agent::start(config) {
+            let keep = retained_capabilities(&config);
+            let started_agent = Agent::start(config).and_then(|agent| {
+                if let Some(keep) = keep {
+                    privileges::drop_to(&keep).context("dropping capabilities after attaching")?;
+                }
+                Ok(agent)
+            });
+            let mut agent = match started_agent {
                 Ok(agent) => {
                     let _ = started.send(Ok(()));
                     agent
@@ -73,7 +88,21 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         format!("cannot listen on {} (MEMMON_LISTEN / --listen)", config.listen)
     })?;
     let address = listener.local_addr()?;
+    let token = match &config.api_token_file {
+        Some(path) => Some(std::sync::Arc::new(Token::read(path)?)),
+        None => None,
+    };
+    let socket_path = config.control_socket.clone().unwrap_or_else(|| socket::default_path(address.port()));
+    let control_socket = ControlSocket::bind(&socket_path)?;
+    let socket_listener = tokio::net::UnixListener::from_std(control_socket.listener.try_clone()?)?;
+    // SAFETY: geteuid cannot fail.
+    let access = access::Access { agent_uid: unsafe { libc::geteuid() }, token, socket: socket_path.clone() };
     let (agent, agent_thread) = Handle::start(config.clone())?;
+    // The main thread only serves the API: it needs no capability at all.
+    if config.drop_capabilities {
+        privileges::drop_to(&[]).context("dropping capabilities after attaching")?;
+    }
+    let capabilities = agent.with(|_| privileges::effective().map(|set| privileges::names(&set))).await??;
     let attached = agent
         .with(|agent| {
             agent
@@ -114,8 +143,17 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             config.overhead_budget * 100.0
         ),
     }
+    eprintln!(
+        "memmon: capabilities kept after attaching: {capabilities}{}",
+        if config.drop_capabilities { "" } else { " (MEMMON_DROP_CAPABILITIES=false)" }
+    );
+    eprintln!(
+        "memmon: control socket on {} (mode 0600: root and uid {})",
+        socket_path.display(),
+        access.agent_uid
+    );
     eprintln!("memmon: control API on http://{address}");
-    let server = tokio::spawn(api::serve(listener, agent.clone()));
+    let server = tokio::spawn(api::serve(listener, socket_listener, agent.clone(), access));
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -180,8 +218,17 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     print!("{text}");
     drop(agent); // the last handle: the agent thread ends and detaches every probe
     let _ = agent_thread.join();
+    drop(control_socket);
     eprintln!("memmon: probes detached");
     Ok(())
+}
+
+/// The capabilities the agent thread keeps once attached; None keeps them all.
+fn retained_capabilities(config: &AgentConfig) -> Option<Vec<caps::Capability>> {
+    if !config.drop_capabilities {
+        return None;
+    }
+    Some(privileges::retained(config.tier).into_iter().map(|(cap, _why)| cap).collect())
 }
 
 fn final_report(agent: &mut Agent) -> String {

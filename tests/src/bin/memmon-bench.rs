@@ -263,7 +263,7 @@ fn scrape_bench() {
     let mut snapshots: Vec<f64> = (0..5)
         .map(|_| {
             let start = Instant::now();
-            let (status, _) = http(&agent.url, "POST /update-metrics");
+            let (status, _) = agent.api("POST /update-metrics");
             assert_eq!(status, 200);
             start.elapsed().as_secs_f64() * 1000.0
         })
