@@ -10,6 +10,7 @@ pub mod config;
 pub mod launch;
 pub mod overhead;
 pub mod leaks;
+pub mod lifecycle;
 pub mod probe_site;
 pub mod profiles;
 pub mod python;
