@@ -5,6 +5,7 @@
  *
  *   keep           first_image_keeps: 100 blocks of 1000 bytes, never freed: 100000 bytes live
  *   free-kept      frees them
+ *   where          answers the address of the first kept block, in hex
  *   exec PROG ...  execv(PROG, [PROG, ...]) (no "done": the new image speaks for itself)
  *   fork N         forks N children that each allocate a block and exit at once
  *   exit           exit(0)
@@ -73,6 +74,14 @@ int main(void)
         line[len] = 0;
         if (strcmp(line, "keep") == 0) {
             first_image_keeps();
+        } else if (strcmp(line, "where") == 0) {
+            char hex[19] = "0x";
+            unsigned long address = (unsigned long)kept[0];
+            for (int i = 0; i < 16; i++)
+                hex[2 + i] = "0123456789abcdef"[(address >> (60 - 4 * i)) & 0xf];
+            hex[18] = 0;
+            say(hex, "");
+            continue;
         } else if (strcmp(line, "free-kept") == 0) {
             first_image_frees();
         } else if (strncmp(line, "exec ", 5) == 0) {
