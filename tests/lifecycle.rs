@@ -219,3 +219,31 @@ fn a_reused_pid_is_never_the_target() {
     let health: Value = serde_json::from_str(&health).unwrap();
     assert_eq!((code, health["status"].as_str()), (2, Some("failed")), "every target exited: {health:#}");
 }
+
+/// Return probes end with the `uretprobe` syscall on this kernel; a seccomp policy that does
+/// not allow it must not get the target killed (6.18 lets it through seccomp; memmon checks
+/// that on a child of its own before probing such a target, and refuses where it would kill).
+#[test]
+fn targets_under_seccomp_are_traced_unharmed() {
+    require_root();
+    let binary = build_target("seccomp");
+    for (policy, described) in [("strict", "strict"), ("allowlist", "filter (1 installed)")] {
+        let mut target = Target::start_program(binary.to_str().unwrap(), &[policy]);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", target.pid())).unwrap();
+        let mode = if policy == "strict" { "1" } else { "2" };
+        assert!(status.contains(&format!("Seccomp:\t{mode}\n")), "{status}");
+        let agent = Agent::start(target.pid(), FAST);
+        target.run("leak");
+        target.run("leak"); // still alive, and answering, after its traced returns
+        let summary = agent.json("update-metrics");
+        assert_eq!((summary["live_bytes"].as_u64(), summary["total_objects"].as_u64()), (Some(200_000), Some(200)), "{policy}: {summary:#}");
+        assert_eq!(top_functions(&summary), ["leak_under_seccomp"]);
+        let status = agent.json("status");
+        let seccomp = status["targets"][0]["seccomp"].as_str().unwrap_or_default().to_string();
+        assert!(seccomp.starts_with(described) && seccomp.contains("return probes checked"), "{policy}: {status:#}");
+        let (_, text, _) = agent.command("status", &[]);
+        assert!(text.contains(&format!("seccomp: {described}")), "{text}");
+        target.send("exit");
+        target.wait();
+    }
+}

@@ -143,6 +143,9 @@ fn status_text(status: &Status) -> String {
         if let Some(python) = &target.python {
             let _ = writeln!(out, "  {:<8} python: {python}", "");
         }
+        if let Some(seccomp) = &target.seccomp {
+            let _ = writeln!(out, "  {:<8} seccomp: {seccomp}", "");
+        }
         if target.execs > 0 {
             let _ = writeln!(
                 out,

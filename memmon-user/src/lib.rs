@@ -16,6 +16,7 @@ pub mod profiles;
 pub mod python;
 pub mod process;
 pub mod report;
+pub mod seccomp;
 pub mod snapshot;
 pub mod symbolize;
 pub mod tracefs;

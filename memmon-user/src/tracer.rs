@@ -656,6 +656,14 @@ pub fn preflight(pids: &[u32]) -> Result<Vec<Process>> {
 }
 
 fn attach_allocator(ebpf: &mut Ebpf, process: &Process, objects: &[ProbedObject], programs: Programs) -> Result<Vec<ProbeLink>> {
+    if objects.iter().any(|o| o.sites.iter().any(|s| s.function.returns_allocation)) {
+        let policy = crate::seccomp::Policy::of(process.pid);
+        if policy.mode != 0
+            && let Some(refusal) = crate::seccomp::refusal(process.pid, &process.comm, policy, crate::seccomp::verdict(ebpf))
+        {
+            bail!(refusal);
+        }
+    }
     let mut links = Vec::new();
     let scope = UProbeScope::OneProcess(NonZeroU32::new(process.pid).expect("pid 0 rejected"));
     // Returns first, then entries; see the ARMED map for why the order is harmless. An

@@ -75,6 +75,10 @@ pub struct TargetStatus {
     /// The latest execs, oldest first.
     #[serde(default)]
     pub recent_execs: Vec<crate::lifecycle::Exec>,
+    /// Its seccomp policy ("strict", "filter (N installed)") and whether memmon's return
+    /// probes were found to spare such processes here; null without a policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<String>,
 }
 
 /// Where one allocator function is probed.

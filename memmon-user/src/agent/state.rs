@@ -288,6 +288,12 @@ impl Agent {
                 discarded_at_exec_bytes: t.history.discarded_bytes,
                 discarded_at_exec_blocks: t.history.discarded_blocks,
                 recent_execs: t.history.execs.clone(),
+                seccomp: crate::seccomp::Policy::of(t.process.pid).describe().map(|policy| match crate::seccomp::known_verdict() {
+                    Some(crate::seccomp::Verdict::Survive) => {
+                        format!("{policy}; return probes checked: they spare a process under seccomp on this kernel")
+                    }
+                    _ => policy,
+                }),
             })
             .collect();
         wire::Status {
