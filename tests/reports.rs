@@ -56,6 +56,7 @@ fn profile() -> &'static Path {
             targets: vec![TargetMeta { pid, comm: "ground_truth".into() }],
             timeline: vec![point(0.0, 5_000_000, 0), point(1.0, PEAK_RSS, 104_950), point(2.0, 6_000_000, 104_950)],
             events_lost: Default::default(),
+            execs: Vec::new(),
         };
         let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
         let profile =

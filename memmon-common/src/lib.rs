@@ -54,13 +54,16 @@ pub struct PendingCall {
     pub _pad: u32,
 }
 
-/// Key of the live-allocation table.
+/// Key of the live-allocation (and anonymous-mapping) table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LiveKey {
     pub addr: u64,
     pub tgid: u32,
-    pub _pad: u32,
+    /// The process image the block was allocated in (`ProcessMemory::execs` then): after an
+    /// execve the new image may get the same addresses at once, and its frees must never
+    /// match a block of the image that is gone.
+    pub image: u32,
 }
 
 /// One live tracked block.
@@ -103,7 +106,9 @@ pub struct StackTrace {
     /// Why the walk stopped before the bottom of the stack ([`Truncation`]); 0 when it reached
     /// the bottom. Part of the site's identity: a truncated stack never merges with a whole one.
     pub truncated: u32,
-    pub _pad: u32,
+    /// The process image the stack was captured in (`ProcessMemory::execs`): part of the
+    /// site's identity, so a site never spans an execve.
+    pub image: u32,
     pub ips: [u64; MAX_STACK_DEPTH],
 }
 
@@ -322,6 +327,12 @@ pub struct ProcessMemory {
     /// Executable file mappings made since attach (dlopen): tells userspace to refresh the
     /// process' unwind view.
     pub code_maps: u64,
+    /// Images the process replaced (execve) since attach: the number of the current one
+    /// (`LiveKey::image`). Bumped by the kernel at sched:sched_process_exec.
+    pub execs: u64,
+    /// 1 once the whole process has exited (sched:sched_process_exit with group_dead): its
+    /// pid may then be reused by a new process, which must not be counted as this one.
+    pub exited: u64,
 }
 
 /// Allocation-size histogram: bucket `i` counts allocations of at most 2^i bytes

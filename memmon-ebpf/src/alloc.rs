@@ -11,6 +11,7 @@ use memmon_common::{AllocKind, BIRTH_UNIT_SHIFT, LiveAlloc, LiveKey, Loss, Pendi
 use crate::{
     counters::{add, lose},
     maps::{ARMED, LIVE, PENDING, SITES, SIZE_HISTOGRAM, TARGETS, site_counters, take_block},
+    lifecycle::image_of,
     stack, track,
 };
 
@@ -91,7 +92,7 @@ pub fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, ptr_arg: u64) {
     // realloc's old block leaves the live table now, before the allocator can hand its address
     // to another thread; the exit puts it back if the call failed.
     let (old_size, old_site, old_timestamp_ns, old_call_thread) = match kind {
-        AllocKind::Realloc if ptr_arg != 0 => match take_live(tgid, ptr_arg) {
+        AllocKind::Realloc if ptr_arg != 0 => match take_live(tgid, image_of(tgid), ptr_arg) {
             Some(block) => (block.size, block.site, block.timestamp_ns, block.call_thread),
             None => {
                 count_untracked_free(tgid);
@@ -201,7 +202,7 @@ pub fn free(addr: u64) {
     // p out of the live table, so its inner free finds nothing. One map lookup less per free.
     let thread = bpf_get_current_pid_tgid();
     let tgid = (thread >> 32) as u32;
-    match take_live(tgid, addr) {
+    match take_live(tgid, image_of(tgid), addr) {
         Some(block) => {
             credit_free(block.site, block.size, block.timestamp_ns);
             track::freed(thread, &block);
@@ -226,7 +227,8 @@ fn count_untracked_free(tgid: u32) {
 #[inline(always)]
 fn record(regs: stack::UserRegs, thread: u64, addr: u64, size: u64) {
     let tgid = (thread >> 32) as u32;
-    let Some(site) = stack::current_site(regs, tgid) else {
+    let image = image_of(tgid);
+    let Some(site) = stack::current_site(regs, tgid, image) else {
         lose(Loss::StackCaptureFailed);
         return;
     };
@@ -234,7 +236,7 @@ fn record(regs: stack::UserRegs, thread: u64, addr: u64, size: u64) {
         lose(Loss::SiteTableFull);
         return;
     };
-    let key = LiveKey { addr, tgid, _pad: 0 };
+    let key = LiveKey { addr, tgid, image };
     // A tracked call in flight on the thread: the block is tagged as its (see `track`).
     let call = track::current_call(thread, regs.sp);
     let call_thread = if call.is_some() { thread as u32 } else { 0 };
@@ -242,7 +244,7 @@ fn record(regs: stack::UserRegs, thread: u64, addr: u64, size: u64) {
     if LIVE.insert(key, block, BPF_NOEXIST as u64).is_err() {
         // Either the table is full, or the allocator handed out an address we still think is
         // live: its free was missed. (Checked only on failure: the common path is one insert.)
-        let Some(stale) = take_live(tgid, addr) else {
+        let Some(stale) = take_live(tgid, image, addr) else {
             lose(Loss::LiveTableFull);
             return;
         };
@@ -265,10 +267,11 @@ fn record(regs: stack::UserRegs, thread: u64, addr: u64, size: u64) {
     }
 }
 
-/// Removes a live block and returns it; `None` if untracked or already taken by another thread.
+/// Removes a live block of the process' image `image` and returns it; `None` if untracked or
+/// already taken by another thread.
 #[inline(always)]
-fn take_live(tgid: u32, addr: u64) -> Option<LiveAlloc> {
-    take_block(&LIVE, tgid, addr)
+fn take_live(tgid: u32, image: u32, addr: u64) -> Option<LiveAlloc> {
+    take_block(&LIVE, tgid, image, addr)
 }
 
 #[inline(always)]
@@ -287,7 +290,8 @@ fn restore_old_block(tgid: u32, call: &PendingCall) {
     if call.old_timestamp_ns == 0 {
         return;
     }
-    let key = LiveKey { addr: call.ptr_arg, tgid, _pad: 0 };
+    // No exec can come between a call's entry and its return on the same thread.
+    let key = LiveKey { addr: call.ptr_arg, tgid, image: image_of(tgid) };
     if LIVE.insert(key, old_block(call), BPF_NOEXIST as u64).is_err() {
         lose(Loss::LiveTableFull);
         credit_free(call.old_site, call.old_size, call.old_timestamp_ns);

@@ -10,6 +10,7 @@
 
 mod alloc;
 mod counters;
+mod lifecycle;
 mod maps;
 mod stack;
 mod track;
@@ -166,6 +167,20 @@ pub fn track_exit(ctx: RetProbeContext) -> u32 {
 #[tracepoint]
 pub fn track_thread_exit(_ctx: TracePointContext) -> u32 {
     track::thread_exited();
+    0
+}
+
+/// Attached to sched:sched_process_exec: a target replaced its image (`lifecycle`).
+#[tracepoint]
+pub fn process_exec(_ctx: TracePointContext) -> u32 {
+    lifecycle::exec();
+    0
+}
+
+/// Attached to sched:sched_process_exit: a target's last thread ends (`lifecycle`).
+#[tracepoint]
+pub fn process_exit(ctx: TracePointContext) -> u32 {
+    lifecycle::exit(&ctx);
     0
 }
 

@@ -132,11 +132,11 @@ pub static TRACK_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 pub static TRACK_SITES: HashMap<FunctionSiteKey, FunctionSiteStats> =
     HashMap::with_max_entries(DEFAULT_MAX_SITES, BPF_F_NO_PREALLOC);
 
-/// Removes the block at `addr` of process `tgid` from a block table (LIVE or MAPPINGS) and
-/// returns it; `None` if untracked, or taken meanwhile by another CPU.
+/// Removes the block at `addr` of process `tgid`'s image `image` from a block table (LIVE or
+/// MAPPINGS) and returns it; `None` if untracked, or taken meanwhile by another CPU.
 #[inline(always)]
-pub fn take_block(table: &HashMap<LiveKey, LiveAlloc>, tgid: u32, addr: u64) -> Option<LiveAlloc> {
-    let key = LiveKey { addr, tgid, _pad: 0 };
+pub fn take_block(table: &HashMap<LiveKey, LiveAlloc>, tgid: u32, image: u32, addr: u64) -> Option<LiveAlloc> {
+    let key = LiveKey { addr, tgid, image };
     let block = unsafe { *table.get_ptr(&key)? };
     table.remove(&key).ok()?;
     Some(block)

@@ -1,6 +1,6 @@
 //! Stack capture and interning: the one place that turns "the stack right now" into a site id.
 //!
-//! A site id is a content hash of (tgid, frames). Stacks are compared frame by frame on every
+//! A site id is a content hash of (tgid, image, frames): a site never spans an execve. Stacks are compared frame by frame on every
 //! hit, and a colliding different stack moves to the next slot, so two stacks are never merged
 //! into one site and a site is never relabelled (unlike `BPF_F_REUSE_STACKID` stack-id maps).
 
@@ -24,9 +24,10 @@ const EEXIST: i32 = 17;
 /// When the stack cannot be stored, the allocation still counts, under the process's
 /// "unknown stack" site (depth 0), and the reason is counted as a loss.
 #[inline(always)]
-pub fn current_site(regs: UserRegs, tgid: u32) -> Option<u64> {
+pub fn current_site(regs: UserRegs, tgid: u32, image: u32) -> Option<u64> {
     let scratch = unsafe { &mut *STACK_SCRATCH.get_ptr_mut(0)? };
     scratch.tgid = tgid;
+    scratch.image = image;
     unwind::walk(scratch, regs, tgid);
     if scratch.depth == 0 {
         lose(Loss::StackCaptureFailed);
@@ -47,12 +48,16 @@ pub fn current_site(regs: UserRegs, tgid: u32) -> Option<u64> {
 fn unknown_site(scratch: &mut StackTrace) -> Option<u64> {
     scratch.depth = 0;
     scratch.truncated = Truncation::NotStored as u32;
-    let hash = finish_hash((scratch.tgid as u64) << 32);
+    let hash = finish_hash((scratch.tgid as u64) << 32 | scratch.image as u64);
     for probe in 0..STACK_PROBE_LIMIT {
         let site = hash.wrapping_add(probe);
         if let Some(existing) = STACKS.get_ptr(site) {
             let existing = unsafe { &*existing };
-            if existing.tgid == scratch.tgid && existing.depth == 0 && existing.truncated == scratch.truncated {
+            if existing.tgid == scratch.tgid
+                && existing.image == scratch.image
+                && existing.depth == 0
+                && existing.truncated == scratch.truncated
+            {
                 return Some(site);
             }
             continue;
@@ -98,7 +103,7 @@ fn depth_of(stack: &StackTrace) -> usize {
 
 #[inline(always)]
 fn content_hash(stack: &StackTrace) -> u64 {
-    let mut hash = ((stack.tgid as u64) << 32 | stack.depth as u64) ^ (stack.truncated as u64) << 24;
+    let mut hash = ((stack.tgid as u64) << 32 | stack.depth as u64) ^ (stack.truncated as u64) << 24 ^ (stack.image as u64) << 40;
     let depth = depth_of(stack);
     for i in 0..MAX_STACK_DEPTH {
         if i >= depth {
@@ -121,7 +126,7 @@ fn finish_hash(mut hash: u64) -> u64 {
 
 #[inline(always)]
 fn same_stack(a: &StackTrace, b: &StackTrace) -> bool {
-    if a.tgid != b.tgid || a.depth != b.depth || a.truncated != b.truncated {
+    if a.tgid != b.tgid || a.image != b.image || a.depth != b.depth || a.truncated != b.truncated {
         return false;
     }
     let depth = depth_of(a);

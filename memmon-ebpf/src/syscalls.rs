@@ -19,7 +19,8 @@ use memmon_common::{ALLOCATOR_SITE, LiveAlloc, LiveKey, Loss, PendingSyscall, Pr
 
 use crate::{
     counters::{add, lose},
-    maps::{MAPPING_SITES, MAPPINGS, PENDING_SYSCALLS, TARGETS, site_counters, take_block},
+    lifecycle::live_target,
+    maps::{MAPPING_SITES, MAPPINGS, PENDING_SYSCALLS, site_counters, take_block},
     stack,
 };
 
@@ -64,7 +65,8 @@ pub fn enter(ctx: &TracePointContext) {
         return;
     }
     let thread = bpf_get_current_pid_tgid();
-    if TARGETS.get_ptr((thread >> 32) as u32).is_none() {
+    // A target that has exited may have a newcomer under its pid: not ours.
+    if live_target((thread >> 32) as u32).is_none() {
         return;
     }
     // The thread's user registers, as the syscall found them.
@@ -91,16 +93,17 @@ pub fn exit(ctx: &TracePointContext) {
         return;
     }
     let tgid = (thread >> 32) as u32;
-    let Some(process) = TARGETS.get_ptr_mut(tgid) else { return };
+    let Some(process) = live_target(tgid) else { return };
     let process = unsafe { &mut *process };
+    let image = process.execs as u32;
     match call.id {
         syscall::MMAP if call.args[3] & MAP_ANONYMOUS != 0 => {
-            let site = owner(thread, tgid, &call);
-            track(process, tgid, ret, page_align(call.args[1]), site, unsafe { bpf_ktime_get_ns() });
+            let site = owner(thread, tgid, image, &call);
+            track(process, tgid, image, ret, page_align(call.args[1]), site, unsafe { bpf_ktime_get_ns() });
         }
         syscall::MMAP if call.args[2] & PROT_EXEC != 0 => add(&mut process.code_maps, 1),
-        syscall::MUNMAP => unmap(process, tgid, call.args[0], page_align(call.args[1])),
-        syscall::MREMAP => remap(process, tgid, &call, ret),
+        syscall::MUNMAP => unmap(process, tgid, image, call.args[0], page_align(call.args[1])),
+        syscall::MREMAP => remap(process, tgid, image, &call, ret),
         // brk returns the new break, or the unchanged one when it cannot move it.
         syscall::BRK => process.brk = ret,
         _ => {}
@@ -109,17 +112,17 @@ pub fn exit(ctx: &TracePointContext) {
 
 /// The site a new mapping belongs to: the allocator's, or the program stack that asked.
 #[inline(always)]
-fn owner(thread: u64, tgid: u32, call: &PendingSyscall) -> u64 {
+fn owner(thread: u64, tgid: u32, image: u32, call: &PendingSyscall) -> u64 {
     if crate::alloc::in_allocator_call(thread) {
         return ALLOCATOR_SITE;
     }
     let regs = stack::UserRegs { ip: call.ip, sp: call.sp, rbp: call.fp };
-    stack::current_site(regs, tgid).unwrap_or(ALLOCATOR_SITE)
+    stack::current_site(regs, tgid, image).unwrap_or(ALLOCATOR_SITE)
 }
 
 #[inline(always)]
-fn track(process: &mut ProcessMemory, tgid: u32, addr: u64, size: u64, site: u64, timestamp_ns: u64) {
-    let key = LiveKey { addr, tgid, _pad: 0 };
+fn track(process: &mut ProcessMemory, tgid: u32, image: u32, addr: u64, size: u64, site: u64, timestamp_ns: u64) {
+    let key = LiveKey { addr, tgid, image };
     if MAPPINGS.insert(key, LiveAlloc { size, site, timestamp_ns, call_thread: 0, _pad: 0 }, BPF_NOEXIST as u64).is_err() {
         lose(Loss::MappingTableFull);
         return;
@@ -153,17 +156,17 @@ fn credit(process: &mut ProcessMemory, site: u64, bytes: u64, blocks: u64, mappe
 /// last one if the range ends inside it. A range that starts inside a tracked mapping cannot
 /// be found by its start address and is not followed (the mapping stays counted whole).
 #[inline(always)]
-fn unmap(process: &mut ProcessMemory, tgid: u32, addr: u64, len: u64) {
+fn unmap(process: &mut ProcessMemory, tgid: u32, image: u32, addr: u64, len: u64) {
     let mut addr = addr;
     let mut remaining = len;
     for _ in 0..MAX_MAPPINGS_PER_UNMAP {
         if remaining == 0 {
             return;
         }
-        let Some(mapping) = take_block(&MAPPINGS, tgid, addr) else { return };
+        let Some(mapping) = take_block(&MAPPINGS, tgid, image, addr) else { return };
         if mapping.size > remaining {
             let rest = LiveAlloc { size: mapping.size - remaining, ..mapping };
-            let key = LiveKey { addr: addr + remaining, tgid, _pad: 0 };
+            let key = LiveKey { addr: addr + remaining, tgid, image };
             if MAPPINGS.insert(key, rest, BPF_NOEXIST as u64).is_err() {
                 lose(Loss::MappingTableFull);
                 credit(process, mapping.site, mapping.size, 1, false);
@@ -181,16 +184,16 @@ fn unmap(process: &mut ProcessMemory, tgid: u32, addr: u64, len: u64) {
 /// mremap(old, old_len, new_len, flags): the mapping keeps its site; its size changes, and it
 /// may move. Growing counts as mapping more bytes, shrinking as unmapping some.
 #[inline(always)]
-fn remap(process: &mut ProcessMemory, tgid: u32, call: &PendingSyscall, new_addr: u64) {
+fn remap(process: &mut ProcessMemory, tgid: u32, image: u32, call: &PendingSyscall, new_addr: u64) {
     let (old_addr, old_len, new_len) = (call.args[0], page_align(call.args[1]), page_align(call.args[2]));
     if old_len == 0 {
         return; // duplicates a shared mapping; nothing of ours moves
     }
-    let Some(mapping) = take_block(&MAPPINGS, tgid, old_addr) else { return };
+    let Some(mapping) = take_block(&MAPPINGS, tgid, image, old_addr) else { return };
     let moved = if old_len < mapping.size { old_len } else { mapping.size };
     if mapping.size > moved {
         // Only the head moved; the rest stays where it was.
-        let key = LiveKey { addr: old_addr + moved, tgid, _pad: 0 };
+        let key = LiveKey { addr: old_addr + moved, tgid, image };
         let rest = LiveAlloc { size: mapping.size - moved, ..mapping };
         if MAPPINGS.insert(key, rest, BPF_NOEXIST as u64).is_err() {
             lose(Loss::MappingTableFull);
@@ -199,7 +202,7 @@ fn remap(process: &mut ProcessMemory, tgid: u32, call: &PendingSyscall, new_addr
             credit(process, mapping.site, 0, 1, true); // the moved head is a new block
         }
     }
-    let key = LiveKey { addr: new_addr, tgid, _pad: 0 };
+    let key = LiveKey { addr: new_addr, tgid, image };
     let moved_block = LiveAlloc { size: new_len, ..mapping };
     if MAPPINGS.insert(key, moved_block, BPF_ANY as u64).is_err() {
         lose(Loss::MappingTableFull);

@@ -170,6 +170,15 @@ pub struct ProbedObject {
 }
 
 impl ProbedObject {
+    /// The file's (device, inode) as `process` maps it: uprobes live on inodes, so an object
+    /// probed once in a process stays probed in every image of it that maps the same file.
+    pub fn identity(&self, process: &Process) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt as _;
+        fs::metadata(process.root_path(&self.path)).map_or((0, 0), |m| (m.dev(), m.ino()))
+    }
+}
+
+impl ProbedObject {
     /// "libc.so.6: malloc, calloc, …" with C++ operators shown as counts.
     pub fn describe(&self) -> String {
         let name = self.path.rsplit('/').next().unwrap_or(&self.path);

@@ -160,6 +160,19 @@ fn status_text(status: &Status) -> String {
         if let Some(python) = &target.python {
             let _ = writeln!(out, "  {:<8} python: {python}", "");
         }
+        if let Some(seccomp) = &target.seccomp {
+            let _ = writeln!(out, "  {:<8} seccomp: {seccomp}", "");
+        }
+        if target.execs > 0 {
+            let _ = writeln!(
+                out,
+                "  {:<8} exec'ed {} time(s) since attach; discarded at exec: {} B in {} blocks (the old images' heap, not leaks)",
+                "", target.execs, target.discarded_at_exec_bytes, target.discarded_at_exec_blocks
+            );
+            for exec in &target.recent_execs {
+                let _ = writeln!(out, "  {:<8}   {} {} → {}: {}", "", exec.seen_at, exec.from_comm, exec.to_comm, exec.allocator);
+            }
+        }
     }
     let _ = writeln!(
         out,
@@ -465,6 +478,15 @@ fn summary_text(summary: &MemorySummary) -> String {
             human_bytes(process.program_mapped_bytes),
             human_bytes(process.allocator_mapped_bytes)
         );
+        if process.discarded_at_exec_blocks > 0 {
+            let _ = writeln!(
+                out,
+                "  discarded at exec: {} ({} bytes) in {} blocks of the images it replaced",
+                human_bytes(process.discarded_at_exec_bytes),
+                process.discarded_at_exec_bytes,
+                process.discarded_at_exec_blocks
+            );
+        }
     }
     out
 }

@@ -8,11 +8,15 @@ use anyhow::{Result, bail};
 /// `PF_KTHREAD` from the kernel's `include/linux/sched.h` (the `flags` field of /proc/PID/stat).
 const PF_KTHREAD: u64 = 0x0020_0000;
 
-/// A user process memmon may attach to.
+/// A user process memmon may attach to. A pid names it only while it runs: once it has
+/// exited, the kernel may give the pid to a new process, which `started` tells apart.
 #[derive(Clone, Debug)]
 pub struct Process {
     pub pid: u32,
     pub comm: String,
+    /// When it started (clock ticks after boot, /proc/PID/stat field 22): with the pid, its
+    /// identity. An execve keeps it (same process, new image).
+    pub started: u64,
 }
 
 impl Process {
@@ -40,15 +44,26 @@ impl Process {
         if stat.state == 'Z' || stat.state == 'X' {
             bail!("pid {pid} ({}) has exited (it is a zombie); nothing left to trace", stat.comm);
         }
-        Ok(Self { pid, comm: stat.comm })
+        Ok(Self { pid, comm: stat.comm, started: stat.started })
     }
 
-    /// Whether the process still runs (a zombie counts as gone).
+    /// Whether the process still runs (a zombie counts as gone, and so does a new process that
+    /// was given its pid).
     pub fn is_alive(&self) -> bool {
         match fs::read_to_string(proc_path(self.pid, "stat")) {
-            Ok(stat) => Stat::parse(&stat).is_some_and(|s| s.state != 'Z' && s.state != 'X'),
+            Ok(stat) => Stat::parse(&stat).is_some_and(|s| s.state != 'Z' && s.state != 'X' && s.started == self.started),
             Err(_) => false,
         }
+    }
+
+    /// The process again, as /proc shows it now (a new name after an execve); an error if it
+    /// has exited or its pid now names another process.
+    pub fn reopen(&self) -> Result<Self> {
+        let now = Self::open(self.pid)?;
+        if now.started != self.started {
+            bail!("pid {} (was {}) has exited; the pid now names another process ({})", self.pid, self.comm, now.comm);
+        }
+        Ok(now)
     }
 
     pub fn path(&self, entry: &str) -> PathBuf {
@@ -139,6 +154,7 @@ struct Stat {
     comm: String,
     state: char,
     flags: u64,
+    started: u64,
 }
 
 impl Stat {
@@ -151,7 +167,8 @@ impl Stat {
         let state = rest.next()?.chars().next()?;
         // After state: ppid pgrp session tty_nr tpgid, then flags.
         let flags = rest.nth(5)?.parse().ok()?;
-        Some(Self { comm, state, flags })
+        let started = start_ticks(line).unwrap_or(0);
+        Some(Self { comm, state, flags, started })
     }
 }
 

@@ -16,14 +16,23 @@ pub struct SiteSample {
     /// Why the stack ends where it does (`Complete` when it reaches the bottom).
     pub truncated: Truncation,
     pub stats: SiteStats,
+    /// The site belongs to an image its process has since replaced (execve): its blocks went
+    /// with that address space (counted as discarded at exec), so nothing of it is live.
+    pub image_gone: bool,
 }
 
 impl SiteSample {
     pub fn live_bytes(&self) -> u64 {
+        if self.image_gone {
+            return 0;
+        }
         self.stats.alloc_bytes.saturating_sub(self.stats.free_bytes)
     }
 
     pub fn live_count(&self) -> u64 {
+        if self.image_gone {
+            return 0;
+        }
         self.stats.alloc_count.saturating_sub(self.stats.free_count)
     }
 
@@ -134,6 +143,7 @@ mod tests {
             frames: Arc::new(vec![id]),
             truncated: memmon_common::Truncation::Complete,
             stats: SiteStats { alloc_bytes: alloc, alloc_count: 2, free_bytes: freed, free_count: 1, live_birth_sum: 0 },
+            image_gone: false,
         }
     }
 
@@ -184,6 +194,7 @@ mod age_tests {
             frames: Arc::new(vec![]),
             truncated: memmon_common::Truncation::Complete,
             stats: SiteStats { alloc_bytes: 30, alloc_count: 3, free_bytes: 10, free_count: 1, live_birth_sum: 30 },
+            image_gone: false,
         };
         let age = site.live_mean_age_seconds(40 * unit).unwrap();
         assert!((age - 25.0 * unit as f64 / 1e9).abs() < 1e-9, "{age}");

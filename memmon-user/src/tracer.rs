@@ -22,7 +22,8 @@ use memmon_common::{
 };
 
 use crate::{
-    allocator::{self, Allocator},
+    allocator::{self, Allocator, ProbedObject},
+    lifecycle,
     overhead::{HitCosts, HitKind, ProgramCounts, calibrate},
     process::Process,
     process::HeapExtent,
@@ -102,20 +103,36 @@ pub struct Target {
     pub heap_at_attach: HeapExtent,
     /// Its Python interpreter, if any (Python frames are walked for CPython 3.11).
     pub python: Interpreter,
+    /// The images it exec'ed since attach, and what went with each.
+    pub history: lifecycle::History,
+}
+
+/// One uprobe on a target, with the file it is on.
+struct ProbeLink {
+    pid: u32,
+    /// (device, inode) of the probed object (`ProbedObject::identity`).
+    object: (u64, u64),
+    program: &'static str,
+    link: UProbeLink,
+}
+
+fn detach_links_in_background(links: Vec<ProbeLink>) {
+    calibrate::detach_in_background(links.into_iter().map(|probe| probe.link).collect());
 }
 
 /// Attached probes and their maps. Dropping it detaches everything.
 pub struct Tracer {
     ebpf: Ebpf,
     targets: Vec<Target>,
-    /// Stacks never change meaning once interned, so each is read from the kernel once.
-    stacks: HashMap<u64, (u32, Arc<Vec<u64>>, Truncation)>,
+    /// Stacks never change meaning once interned, so each is read from the kernel once:
+    /// (pid, image, frames, truncation).
+    stacks: HashMap<u64, (u32, u32, Arc<Vec<u64>>, Truncation)>,
     options: TracerOptions,
     unwind: UnwindTables,
     /// Per target, the kernel's count of its code mappings when its tables were last synced.
     code_maps_seen: HashMap<u32, u64>,
-    /// The allocator probes while attached (None: not attached), with the program on each.
-    allocator_links: Option<Vec<(&'static str, UProbeLink)>>,
+    /// The allocator probes while attached (None: not attached).
+    allocator_links: Option<Vec<ProbeLink>>,
     /// What a probe hit costs here, when calibrated.
     hit_costs: Option<HitCosts>,
     /// Tracked functions (`--track-function`), if any.
@@ -213,16 +230,17 @@ impl Tracer {
                 .with_context(|| format!("building unwind tables for pid {}", process.pid))?;
             let python = if options.python_frames { register_python(&mut ebpf, process.pid)? } else { Interpreter::None };
             let heap_at_attach = process.heap_extent();
-            targets.push(Target { process, allocator, heap_at_attach, python });
+            targets.push(Target { process, allocator, heap_at_attach, python, history: lifecycle::History::default() });
         }
         let mut links = Vec::new();
         if options.allocator_probes {
             for target in &targets {
-                links.extend(attach_allocator(&mut ebpf, &target.process, &target.allocator, options.programs)?);
+                links.extend(attach_allocator(&mut ebpf, &target.process, &target.allocator.objects, options.programs)?);
             }
         }
         if options.programs == Programs::Tracking {
             attach_memory_syscalls(&mut ebpf)?;
+            attach_lifecycle(&mut ebpf)?;
         }
         let tracking = match tracking {
             true => Some(attach_tracked_functions(&mut ebpf, &targets, functions, track)?),
@@ -251,10 +269,10 @@ impl Tracer {
         self.forget_heap_tracking()?;
         let mut links = Vec::new();
         for target in self.targets.iter().filter(|t| t.process.is_alive()) {
-            match attach_allocator(&mut self.ebpf, &target.process, &target.allocator, self.options.programs) {
+            match attach_allocator(&mut self.ebpf, &target.process, &target.allocator.objects, self.options.programs) {
                 Ok(attached) => links.extend(attached),
                 Err(err) => {
-                    calibrate::detach_in_background(links.into_iter().map(|(_, link)| link).collect());
+                    detach_links_in_background(links);
                     return Err(err);
                 }
             }
@@ -268,7 +286,7 @@ impl Tracer {
     /// the kernel, so it finishes on a thread of its own.
     pub fn detach_allocator_probes(&mut self) -> Result<()> {
         let Some(links) = self.allocator_links.take() else { return Ok(()) };
-        calibrate::detach_in_background(links.into_iter().map(|(_, link)| link).collect());
+        detach_links_in_background(links);
         self.forget_heap_tracking()
     }
 
@@ -310,7 +328,7 @@ impl Tracer {
             .iter()
             .flat_map(|t| t.allocator.single_stepped().map(|site| site.function.entry_program))
             .collect();
-        for (program, _) in self.allocator_links.iter().flatten() {
+        for ProbeLink { program, .. } in self.allocator_links.iter().flatten() {
             if programs.iter().any(|(name, _)| name == program) {
                 continue;
             }
@@ -336,8 +354,10 @@ impl Tracer {
         self.tracking.as_ref().map_or(&[], |t| t.functions())
     }
 
-    /// Traces one more process (a followed fork, or new allocator objects after an exec: pass
-    /// only the objects not yet probed in it). Its blocks count from now on.
+    /// Traces `process` with `allocator`: a new target (a followed fork), or a target's new
+    /// image (after an exec). Objects already probed in the process stay probed (uprobes live
+    /// on inodes and survive the exec), new ones are attached, and those the image no longer
+    /// uses are detached. Blocks count from now on.
     pub fn add_target(&mut self, process: Process, allocator: Allocator) -> Result<()> {
         let pid = process.pid;
         if !self.targets.iter().any(|t| t.process.pid == pid) {
@@ -348,43 +368,130 @@ impl Tracer {
         self.unwind.sync_process(pid).map_err(|err| gone_hint(&process, err))?;
         self.code_maps_seen.insert(pid, 0);
         if let Some(links) = self.allocator_links.as_mut() {
-            links.extend(attach_allocator(&mut self.ebpf, &process, &allocator, self.options.programs)?);
+            let wanted: Vec<(u64, u64)> = allocator.objects.iter().map(|o| o.identity(&process)).collect();
+            let probed: Vec<(u64, u64)> = links.iter().filter(|l| l.pid == pid).map(|l| l.object).collect();
+            let fresh: Vec<ProbedObject> =
+                allocator.objects.iter().zip(&wanted).filter(|(_, id)| !probed.contains(id)).map(|(o, _)| o.clone()).collect();
+            let attached = attach_allocator(&mut self.ebpf, &process, &fresh, self.options.programs)?;
+            let (stale, kept): (Vec<ProbeLink>, Vec<ProbeLink>) =
+                links.drain(..).partition(|l| l.pid == pid && !wanted.contains(&l.object));
+            *links = kept;
+            links.extend(attached);
+            detach_links_in_background(stale);
         }
         let heap_at_attach = process.heap_extent();
         match self.targets.iter_mut().find(|t| t.process.pid == pid) {
-            Some(target) => target.allocator.objects.extend(allocator.objects),
+            Some(target) => {
+                target.allocator = allocator;
+                target.process = process;
+            }
             None => {
                 let python =
                     if self.options.python_frames { register_python(&mut self.ebpf, pid)? } else { Interpreter::None };
-                self.targets.push(Target { process, allocator, heap_at_attach, python })
+                let history = lifecycle::History::default();
+                self.targets.push(Target { process, allocator, heap_at_attach, python, history })
             }
         }
         Ok(())
     }
 
-    /// `pid` replaced its image (execve): the old image's blocks went with its address space,
-    /// so they leave the live table (the new image may get the same addresses), its memory
-    /// counters restart, and its code mappings are read again. Site counters stay: callers
-    /// subtract what they held at the exec (`launch`).
-    pub fn image_replaced(&mut self, pid: u32) -> Result<()> {
-        let mut live: BpfHashMap<_, LiveKey, LiveAlloc> =
-            BpfHashMap::try_from(self.ebpf.map_mut("LIVE").context("LIVE map")?)?;
-        let stale: Vec<LiveKey> = live.keys().filter_map(|key| key.ok()).filter(|key| key.tgid == pid).collect();
-        for key in stale {
-            let _ = live.remove(&key);
+    /// `pid` replaced its image (execve; the kernel bumped its image number at
+    /// sched_process_exec): the old image's blocks and mappings went with its address space,
+    /// so they leave the kernel tables (their bytes counted as discarded at exec), its sites
+    /// read as holding nothing from the next snapshot on, and its name, heap, code mappings
+    /// and interpreter are read again. The caller finds the new image's allocator (`launch`
+    /// before its loader has run, `follow_execs` after) and passes it to `add_target`.
+    pub fn image_replaced(&mut self, pid: u32) -> Result<lifecycle::Exec> {
+        let image = self.process_memory(pid)?.execs;
+        let (discarded_bytes, discarded_blocks) = drop_other_images(&mut self.ebpf, "LIVE", pid, image)?;
+        drop_other_images(&mut self.ebpf, "MAPPINGS", pid, image)?;
+        let Some(target) = self.targets.iter_mut().find(|t| t.process.pid == pid) else {
+            bail!("pid {pid} is not traced");
+        };
+        let from_comm = target.process.comm.clone();
+        if let Ok(process) = target.process.reopen() {
+            target.process = process;
         }
-        let mut table: BpfHashMap<_, u32, ProcessMemory> =
-            BpfHashMap::try_from(self.ebpf.map_mut("TARGETS").context("TARGETS map")?)?;
-        table.insert(pid, ProcessMemory::default(), 0)?;
-        if let Some(target) = self.targets.iter_mut().find(|t| t.process.pid == pid) {
-            if let Ok(process) = Process::open(pid) {
-                target.process = process;
-            }
-            target.heap_at_attach = target.process.heap_extent();
-        }
+        target.heap_at_attach = target.process.heap_extent();
+        let exec = lifecycle::Exec {
+            image,
+            seen_at: jiff::Timestamp::now().to_string(),
+            from_comm,
+            to_comm: target.process.comm.clone(),
+            discarded_bytes,
+            discarded_blocks,
+            allocator: String::new(),
+        };
+        target.history.record(exec.clone());
         self.unwind.sync_process(pid)?;
         self.code_maps_seen.insert(pid, 0);
-        Ok(())
+        // The old image's interpreter is gone with it; the new one may have its own.
+        let mut python: BpfHashMap<_, u32, PythonProcess> =
+            BpfHashMap::try_from(self.ebpf.map_mut("PYTHON_TARGETS").context("PYTHON_TARGETS map")?)?;
+        let _ = python.remove(&pid);
+        let interpreter =
+            if self.options.python_frames { register_python(&mut self.ebpf, pid)? } else { Interpreter::None };
+        if let Some(target) = self.targets.iter_mut().find(|t| t.process.pid == pid) {
+            target.python = interpreter;
+        }
+        Ok(exec)
+    }
+
+    /// Follows the execs of every live target since the last look (the agent's path; `memmon
+    /// run` sees them at its ptrace exec stop): drops the old image (`image_replaced`), finds
+    /// the new image's allocator — among its mappings, or, while its loader still runs, among
+    /// the objects the loader will map — and probes it. One map read per target when nothing
+    /// happened.
+    pub fn follow_execs(&mut self) -> Result<Vec<(u32, lifecycle::Exec)>> {
+        let mut replaced = Vec::new();
+        // Exited targets too: one that exec'ed and ended between two looks still has the old
+        // image's blocks in the tables.
+        for target in &self.targets {
+            let pid = target.process.pid;
+            if self.process_memory(pid).is_ok_and(|memory| memory.execs != target.history.image) {
+                replaced.push(pid);
+            }
+        }
+        let mut execs = Vec::new();
+        for pid in replaced {
+            let mut exec = self.image_replaced(pid)?;
+            let process = self.targets.iter().find(|t| t.process.pid == pid).map(|t| t.process.clone()).expect("traced");
+            if !process.is_alive() {
+                exec.allocator = "the new image exited before memmon looked at it".into();
+                execs.push((pid, exec));
+                continue;
+            }
+            let found = Allocator::find(&process, self.options.optimize_probe_sites).or_else(|mapped| {
+                crate::launch::objects::image(pid)
+                    .and_then(|image| {
+                        let names: Vec<&str> = image.objects.iter().map(String::as_str).collect();
+                        Allocator::find_among(&process, &names, Some(&image.exe), self.options.optimize_probe_sites)
+                    })
+                    .map_err(|_| mapped)
+            });
+            match found {
+                Ok(allocator) => {
+                    exec.allocator = format!("{} allocator in {}; probing {}", allocator.name, allocator.object(), allocator.describe());
+                    self.add_target(process, allocator)?;
+                }
+                Err(err) => {
+                    // Its old probes stay (harmless: they fire only where it maps those files).
+                    exec.allocator = format!("no allocator probed in the new image: {err:#}");
+                    log::warn!("pid {pid}: {}", exec.allocator);
+                }
+            }
+            if let Some(last) = self.targets.iter_mut().find(|t| t.process.pid == pid).and_then(|t| t.history.execs.last_mut()) {
+                last.allocator = exec.allocator.clone();
+            }
+            execs.push((pid, exec));
+        }
+        Ok(execs)
+    }
+
+    /// The kernel's per-process record of `pid`.
+    fn process_memory(&self, pid: u32) -> Result<ProcessMemory> {
+        let table: BpfHashMap<_, u32, ProcessMemory> = BpfHashMap::try_from(self.ebpf.map("TARGETS").context("TARGETS map")?)?;
+        Ok(table.get(&pid, 0)?)
     }
 
     /// Rebuilds the unwind view of every target that mapped new code (dlopen) since the last
@@ -512,28 +619,32 @@ impl Tracer {
             BpfHashMap::try_from(self.ebpf.map(map).with_context(|| format!("{map} map"))?)?;
         let stacks: BpfHashMap<_, u64, StackTrace> =
             BpfHashMap::try_from(self.ebpf.map("STACKS").context("STACKS map")?)?;
+        let current_image: HashMap<u32, u32> = self.targets.iter().map(|t| (t.process.pid, t.history.image as u32)).collect();
         let mut samples = Vec::new();
         for entry in sites.iter() {
             let (id, stats) = entry?;
-            let (pid, frames, truncated) = match self.stacks.get(&id) {
+            let (pid, image, frames, truncated) = match self.stacks.get(&id) {
                 Some(known) => known.clone(),
                 None => {
                     let known = match stacks.get(&id, 0) {
                         Ok(stack) => {
                             let depth = (stack.depth as usize).min(stack.ips.len());
-                            (stack.tgid, Arc::new(stack.ips[..depth].to_vec()), Truncation::from_raw(stack.truncated))
+                            (stack.tgid, stack.image, Arc::new(stack.ips[..depth].to_vec()), Truncation::from_raw(stack.truncated))
                         }
                         // Not stored (table full): shown as an unknown stack, never dropped.
                         Err(_) => {
-                            let pid = self.targets.first().map_or(0, |t| t.process.pid);
-                            (pid, Arc::new(Vec::new()), Truncation::NotStored)
+                            let target = self.targets.first();
+                            let pid = target.map_or(0, |t| t.process.pid);
+                            (pid, target.map_or(0, |t| t.history.image as u32), Arc::new(Vec::new()), Truncation::NotStored)
                         }
                     };
                     self.stacks.insert(id, known.clone());
                     known
                 }
             };
-            samples.push(SiteSample { id, pid, frames, truncated, stats });
+            // A site of an image the process exec'ed away holds nothing any more.
+            let image_gone = current_image.get(&pid).is_some_and(|&current| current != image);
+            samples.push(SiteSample { id, pid, frames, truncated, stats, image_gone });
         }
         Ok(samples)
     }
@@ -550,12 +661,15 @@ pub fn preflight(pids: &[u32]) -> Result<Vec<Process>> {
     Ok(processes)
 }
 
-fn attach_allocator(
-    ebpf: &mut Ebpf,
-    process: &Process,
-    allocator: &Allocator,
-    programs: Programs,
-) -> Result<Vec<(&'static str, UProbeLink)>> {
+fn attach_allocator(ebpf: &mut Ebpf, process: &Process, objects: &[ProbedObject], programs: Programs) -> Result<Vec<ProbeLink>> {
+    if objects.iter().any(|o| o.sites.iter().any(|s| s.function.returns_allocation)) {
+        let policy = crate::seccomp::Policy::of(process.pid);
+        if policy.mode != 0
+            && let Some(refusal) = crate::seccomp::refusal(process.pid, &process.comm, policy, crate::seccomp::verdict(ebpf))
+        {
+            bail!(refusal);
+        }
+    }
     let mut links = Vec::new();
     let scope = UProbeScope::OneProcess(NonZeroU32::new(process.pid).expect("pid 0 rejected"));
     // Returns first, then entries; see the ARMED map for why the order is harmless. An
@@ -563,8 +677,9 @@ fn attach_allocator(
     // entry: the kernel takes the return address to hijack from [rsp] when the probe hits, and
     // probe_site only moves past instructions that leave rsp and [rsp] alone.
     for returns in [true, false] {
-        for object in &allocator.objects {
+        for object in objects {
             let path = process.root_path(&object.path);
+            let identity = object.identity(process);
             for site in &object.sites {
                 let program = match (returns, site.function.returns_allocation, programs) {
                     (true, false, _) => continue,
@@ -585,9 +700,9 @@ fn attach_allocator(
                         format!("attaching {program} to {} in {} (pid {})", site.function.symbol, object.path, process.pid)
                     });
                 match attached.and_then(|id| Ok(probe.take_link(id)?)) {
-                    Ok(link) => links.push((program, link)),
+                    Ok(link) => links.push(ProbeLink { pid: process.pid, object: identity, program, link }),
                     Err(err) => {
-                        calibrate::detach_in_background(links.into_iter().map(|(_, link)| link).collect());
+                        detach_links_in_background(links);
                         return Err(err);
                     }
                 }
@@ -640,6 +755,50 @@ fn register_python(ebpf: &mut Ebpf, pid: u32) -> Result<Interpreter> {
         table.insert(pid, *interpreter, 0)?;
     }
     Ok(python)
+}
+
+/// The scheduler's exec and exit tracepoints (`lifecycle`): a target's image replaced, its
+/// last thread gone.
+fn attach_lifecycle(ebpf: &mut Ebpf) -> Result<()> {
+    for (program, event) in [("process_exec", "sched_process_exec"), ("process_exit", "sched_process_exit")] {
+        let program: &mut TracePoint =
+            ebpf.program_mut(program).ok_or_else(|| anyhow!("eBPF program {program} missing"))?.try_into()?;
+        program.load().with_context(|| format!("verifier rejected the {event} program"))?;
+        program.attach("sched", event).with_context(|| format!("attaching to tracepoint sched:{event}"))?;
+    }
+    Ok(())
+}
+
+/// Removes from a block table (LIVE or MAPPINGS) the entries of `pid` made in images other
+/// than `image` (an exec left them behind); returns their bytes and count. One batched pass.
+fn drop_other_images(ebpf: &mut Ebpf, table: &str, pid: u32, image: u64) -> Result<(u64, u64)> {
+    let map = ebpf.map_mut(table).with_context(|| format!("{table} map"))?;
+    let mut stale: Vec<(LiveKey, u64)> = Vec::new();
+    let keep = |key: &LiveKey, block: &LiveAlloc, stale: &mut Vec<(LiveKey, u64)>| {
+        if key.tgid == pid && u64::from(key.image) != image {
+            stale.push((*key, block.size));
+        }
+    };
+    let batched = match &*map {
+        Map::HashMap(data) => crate::batch::for_each_entry::<LiveKey, LiveAlloc>(data.fd().as_fd(), 8192, |key, block| keep(key, block, &mut stale))
+            .map_err(|err| log::debug!("{err}; reading {table} entry by entry")),
+        _ => Err(()),
+    };
+    let mut blocks: BpfHashMap<_, LiveKey, LiveAlloc> = BpfHashMap::try_from(map)?;
+    if batched.is_err() {
+        stale.clear();
+        for (key, block) in blocks.iter().filter_map(|entry| entry.ok()) {
+            keep(&key, &block, &mut stale);
+        }
+    }
+    let (mut bytes, mut count) = (0, 0);
+    for (key, size) in stale {
+        if blocks.remove(&key).is_ok() {
+            bytes += size;
+            count += 1;
+        }
+    }
+    Ok((bytes, count))
 }
 
 /// The memory syscalls' own tracepoints (syscalls:sys_{enter,exit}_{mmap,munmap,mremap,brk}):

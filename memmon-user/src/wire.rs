@@ -88,6 +88,20 @@ pub struct TargetStatus {
     /// The process' Python interpreter and whether its frames are walked, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<String>,
+    /// Images it exec'ed since attach; each exec's old blocks were discarded, not leaked.
+    #[serde(default)]
+    pub execs: u64,
+    #[serde(default)]
+    pub discarded_at_exec_bytes: u64,
+    #[serde(default)]
+    pub discarded_at_exec_blocks: u64,
+    /// The latest execs, oldest first.
+    #[serde(default)]
+    pub recent_execs: Vec<crate::lifecycle::Exec>,
+    /// Its seccomp policy ("strict", "filter (N installed)") and whether memmon's return
+    /// probes were found to spare such processes here; null without a policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<String>,
 }
 
 /// Where one allocator function is probed.
@@ -346,6 +360,11 @@ pub struct ProcessSummary {
     pub brk_heap_bytes: u64,
     pub program_mapped_bytes: u64,
     pub allocator_mapped_bytes: u64,
+    /// Tracked blocks of images it exec'ed away (not in `live_bytes`; never leaks).
+    #[serde(default)]
+    pub discarded_at_exec_bytes: u64,
+    #[serde(default)]
+    pub discarded_at_exec_blocks: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -415,6 +434,9 @@ pub struct ProfileInfo {
     pub allocations: u64,
     pub live_bytes: u64,
     pub live_allocations: u64,
+    /// Execs of its processes during the window (the old images' allocations are not in it).
+    #[serde(default)]
+    pub execs: Vec<crate::profiles::meta::ExecMeta>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

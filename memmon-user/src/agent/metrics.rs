@@ -102,6 +102,9 @@ pub fn render(agent: &mut Agent) -> Result<String> {
     let frees = counter(&registry, "memmon_frees_total", "Tracked blocks freed since attach.", &target_labels)?;
     let brk = gauge(&registry, "memmon_brk_heap_bytes", "Size of the brk heap.", &target_labels)?;
     let untracked_frees = counter(&registry, "memmon_untracked_frees_total", "Frees of blocks allocated before memmon attached: while this rises, tracked memory also grows by replacing them.", &target_labels)?;
+    let execs = counter(&registry, "memmon_execs_total", "Images the target replaced (execve) since attach.", &target_labels)?;
+    let discarded_bytes = counter(&registry, "memmon_exec_discarded_bytes_total", "Tracked heap bytes of images the target exec'ed away: gone with their address space, never leaks.", &target_labels)?;
+    let discarded_blocks = counter(&registry, "memmon_exec_discarded_blocks_total", "Tracked heap blocks of images the target exec'ed away.", &target_labels)?;
     let mapped = gauge(&registry, "memmon_anonymous_mapped_bytes", "Anonymous mappings made since attach and still mapped, by owner (program or allocator).", &["pid", "comm", "owner"])?;
     let alive = gauge(&registry, "memmon_target_up", "1 while the target process runs, 0 once it has exited.", &target_labels)?;
     let info = gauge(&registry, "memmon_target_info", "The target process and the allocator memmon probes in it (value 1).", &["pid", "comm", "allocator", "object"])?;
@@ -141,6 +144,9 @@ pub fn render(agent: &mut Agent) -> Result<String> {
             false => 0,
         };
         probes.with_label_values(&labels).set(int(probe_count as u64));
+        execs.with_label_values(&labels).inc_by(target.history.image);
+        discarded_bytes.with_label_values(&labels).inc_by(target.history.discarded_bytes);
+        discarded_blocks.with_label_values(&labels).inc_by(target.history.discarded_blocks);
         let sites = snapshot.sites.iter().filter(|s| s.pid == pid);
         let (mut bytes, mut blocks, mut stats) = (0u64, 0u64, memmon_common::SiteStats::default());
         for site in sites {

@@ -169,6 +169,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let report_period = Duration::from_secs(config.report_interval.max(1));
     let mut reports = every(report_period);
     let mut liveness = every(Duration::from_millis(250));
+    // Execs and new code mappings (dlopen) are one map read per target to notice; the sooner
+    // the new mappings are known, the fewer allocations in new code have stacks cut short.
+    let mut exec_checks = every(Duration::from_millis(20));
     let mut profile_ticks = every(Duration::from_millis(250));
     let mut targets_gone = false;
 
@@ -182,6 +185,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                     log::warn!("snapshot failed: {err:#}");
                 }
             }
+            _ = exec_checks.tick(), if !targets_gone => agent.with(|agent| agent.refresh_code_mappings()).await?,
             _ = leak_checks.tick() => agent.with(|agent| agent.check_leaks()).await?,
             _ = profile_ticks.tick() => agent.with(|agent| agent.tick_profiles()).await?,
             _ = reports.tick(), if config.report_interval > 0 && !targets_gone => {

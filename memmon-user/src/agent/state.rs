@@ -98,15 +98,40 @@ impl Agent {
         &self.config
     }
 
-    /// Brings the unwind tables up to date with code the targets mapped since the last look.
+    /// Brings the unwind tables up to date with code the targets mapped since the last look,
+    /// and follows the targets that exec'ed since (every liveness tick, 250 ms).
     pub fn refresh_code_mappings(&mut self) {
+        self.follow_execs();
         if let Err(err) = self.tracer.refresh_code_mappings() {
             log::warn!("refreshing code mappings failed: {err:#}");
         }
     }
 
+    /// A target that exec'ed is a new program in the same process: the old image's blocks are
+    /// dropped (counted as discarded), its leak history ends, its stacks are symbolized no more
+    /// against the new map, and profiling sessions spanning the exec say so.
+    pub fn follow_execs(&mut self) {
+        let execs = match self.tracer.follow_execs() {
+            Ok(execs) => execs,
+            Err(err) => {
+                log::warn!("following the targets' execs failed: {err:#}");
+                return;
+            }
+        };
+        for (pid, exec) in execs {
+            eprintln!(
+                "memmon: pid {pid} exec'ed: {} → {}; {} B in {} blocks of the old image discarded; {}",
+                exec.from_comm, exec.to_comm, exec.discarded_bytes, exec.discarded_blocks, exec.allocator
+            );
+            self.detector.forget(pid);
+            self.symbolizer.image_replaced(pid);
+            self.note_exec_in_profiles(pid, &exec);
+        }
+    }
+
     /// Takes a snapshot of the kernel tables and /proc (MEMMON_METRICS_UPDATE_INTERVAL).
     pub fn refresh(&mut self) -> Result<()> {
+        self.follow_execs();
         let snapshot = self.tracer.snapshot()?;
         let losses = snapshot.total_losses();
         self.losses_growing = self.snapshots > 0 && losses > self.losses_before;
@@ -259,6 +284,16 @@ impl Agent {
                 probe_sites: probe_sites(&t.allocator),
                 single_stepped: t.allocator.single_stepped().map(|s| s.function.symbol.to_string()).collect(),
                 python: t.python.describe(),
+                execs: t.history.image,
+                discarded_at_exec_bytes: t.history.discarded_bytes,
+                discarded_at_exec_blocks: t.history.discarded_blocks,
+                recent_execs: t.history.execs.clone(),
+                seccomp: crate::seccomp::Policy::of(t.process.pid).describe().map(|policy| match crate::seccomp::known_verdict() {
+                    Some(crate::seccomp::Verdict::Survive) => {
+                        format!("{policy}; return probes checked: they spare a process under seccomp on this kernel")
+                    }
+                    _ => policy,
+                }),
             })
             .collect();
         wire::Status {
@@ -362,6 +397,8 @@ impl Agent {
                 brk_heap_bytes: process.map_or(0, |p| p.brk_heap_bytes()),
                 program_mapped_bytes: process.map_or(0, |p| p.program_mapped_bytes()),
                 allocator_mapped_bytes: process.map_or(0, |p| p.allocator_mapped_bytes()),
+                discarded_at_exec_bytes: target.history.discarded_bytes,
+                discarded_at_exec_blocks: target.history.discarded_blocks,
             });
         }
         Ok(wire::MemorySummary {

@@ -28,7 +28,6 @@ pub mod suppressions;
 use std::{
     collections::HashMap,
     ffi::OsString,
-    os::unix::fs::MetadataExt as _,
     path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
@@ -183,8 +182,6 @@ struct Traced {
     /// Site counters at its last exec, subtracted from what the kernel counts (the report
     /// covers the image that exits).
     baseline: HashMap<u64, SiteStats>,
-    /// Objects probed in it, by (device, inode).
-    probed: Vec<(u64, u64)>,
     /// Whether its allocator is probed.
     tracked: bool,
     capture: Option<Capture>,
@@ -195,7 +192,7 @@ struct Traced {
 
 impl Traced {
     fn new(pid: i32, command: Vec<String>) -> Self {
-        Self { pid, command, loader: None, baseline: HashMap::new(), probed: Vec::new(), tracked: false, capture: None, outcome: None, note: None }
+        Self { pid, command, loader: None, baseline: HashMap::new(), tracked: false, capture: None, outcome: None, note: None }
     }
 }
 
@@ -357,7 +354,6 @@ impl Run<'_> {
         match (Process::open(pid as u32), self.tracer.as_mut()) {
             (Ok(process), Some(tracer)) => match Allocator::find(&process, true) {
                 Ok(allocator) => {
-                    traced.probed = identities(&process, &allocator);
                     tracer.add_target(process, allocator).with_context(|| format!("tracing child pid {pid}"))?;
                     traced.tracked = true;
                     self.symbolizer.observe(pid as u32);
@@ -393,7 +389,7 @@ impl Run<'_> {
             let allocator = Allocator::find_among(&process, &names, Some(&image.exe), true)?;
             Ok((image, allocator))
         });
-        let (image, mut allocator) = match found {
+        let (image, allocator) = match found {
             Ok(found) => found,
             Err(err) if first => {
                 return Err(err.context(format!("`{}`: no allocator memmon can probe", self.processes[index].command.join(" "))));
@@ -405,19 +401,13 @@ impl Run<'_> {
                 return Ok(false);
             }
         };
-        let identities = identities(&process, &allocator);
-        let traced = &mut self.processes[index];
-        let fresh: Vec<bool> = identities.iter().map(|id| !traced.probed.contains(id)).collect();
-        let mut keep = fresh.iter();
-        allocator.objects.retain(|_| *keep.next().unwrap());
-        traced.probed.extend(identities);
         log::info!("pid {pid}: {} allocator in {}", allocator.name, allocator.describe());
         match self.tracer.as_mut() {
             None => {
                 self.tracer = Some(Tracer::attach_found(vec![(process, allocator)], self.args.tables.tracer_options())?);
             }
-            Some(tracer) if !allocator.objects.is_empty() => tracer.add_target(process, allocator)?,
-            Some(_) => {}
+            // Objects probed in the previous image stay probed (see Tracer::add_target).
+            Some(tracer) => tracer.add_target(process, allocator)?,
         }
         self.processes[index].tracked = true;
         self.symbolizer.observe(pid as u32);
@@ -549,15 +539,6 @@ fn resume(pid: i32, request: u32, signal: u64) {
         // ESRCH: it died meanwhile (SIGKILL); its end is reported by waitpid.
         log::debug!("pid {pid}: resuming: {err}");
     }
-}
-
-/// (device, inode) of each probed object, to probe a file once per process across execs.
-fn identities(process: &Process, allocator: &Allocator) -> Vec<(u64, u64)> {
-    allocator
-        .objects
-        .iter()
-        .map(|o| std::fs::metadata(process.root_path(&o.path)).map_or((0, 0), |m| (m.dev(), m.ino())))
-        .collect()
 }
 
 fn cmdline(pid: i32) -> Vec<String> {

@@ -247,6 +247,7 @@ mod tests {
             frames: Arc::new(vec![]),
             truncated: Truncation::Complete,
             stats: SiteStats { alloc_count: alloc.0, alloc_bytes: alloc.1, free_count: freed.0, free_bytes: freed.1, live_birth_sum: 0 },
+            image_gone: false,
         }
     }
 

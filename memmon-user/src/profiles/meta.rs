@@ -44,6 +44,19 @@ pub struct TargetMeta {
     pub comm: String,
 }
 
+/// A process of the session replaced its image (execve) during the window: the old image's
+/// blocks were discarded and its allocations are not in the profile (their code is gone).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExecMeta {
+    pub pid: u32,
+    /// Seconds since the start of the window.
+    pub seconds: f64,
+    pub discarded_bytes: u64,
+    pub discarded_blocks: u64,
+    pub from_comm: String,
+    pub to_comm: String,
+}
+
 /// One point of a process' memory during the window.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TimelinePoint {
@@ -64,6 +77,8 @@ pub struct ProfileMeta {
     pub reason: String,
     pub targets: Vec<TargetMeta>,
     pub timeline: Vec<TimelinePoint>,
+    /// Execs of the session's processes during the window.
+    pub execs: Vec<ExecMeta>,
     /// Events lost during the window, by reason (only reasons with losses).
     pub events_lost: BTreeMap<String, u64>,
 }
@@ -73,6 +88,7 @@ const STATE: &str = "memmon-state: ";
 const TARGET: &str = "memmon-target: ";
 const TIMELINE: &str = "memmon-timeline: ";
 const LOST: &str = "memmon-events-lost: ";
+const EXEC: &str = "memmon-exec: ";
 
 impl ProfileMeta {
     pub fn to_comments(&self) -> Vec<String> {
@@ -88,6 +104,13 @@ impl ProfileMeta {
             comments.push(format!(
                 "{TIMELINE}pid={} t={:.3} rss_bytes={} heap_live_bytes={}",
                 point.pid, point.seconds, point.rss_bytes, point.heap_live_bytes
+            ));
+        }
+        for exec in &self.execs {
+            // The names are last (they may hold spaces): from=A to=B.
+            comments.push(format!(
+                "{EXEC}pid={} t={:.3} discarded_bytes={} discarded_blocks={} from={} to={}",
+                exec.pid, exec.seconds, exec.discarded_bytes, exec.discarded_blocks, exec.from_comm, exec.to_comm
             ));
         }
         if !self.events_lost.is_empty() {
@@ -129,6 +152,20 @@ impl ProfileMeta {
                     })
                 })();
                 meta.timeline.extend(point);
+            } else if let Some(rest) = comment.strip_prefix(EXEC) {
+                let exec = rest.split_once(" from=").and_then(|(numbers, names)| {
+                    let (from_comm, to_comm) = names.split_once(" to=")?;
+                    let fields = pairs(numbers);
+                    Some(ExecMeta {
+                        pid: fields.get("pid")?.parse().ok()?,
+                        seconds: fields.get("t")?.parse().ok()?,
+                        discarded_bytes: fields.get("discarded_bytes")?.parse().ok()?,
+                        discarded_blocks: fields.get("discarded_blocks")?.parse().ok()?,
+                        from_comm: from_comm.to_string(),
+                        to_comm: to_comm.to_string(),
+                    })
+                });
+                meta.execs.extend(exec);
             } else if let Some(rest) = comment.strip_prefix(LOST) {
                 for (reason, n) in pairs(rest) {
                     if let Ok(n) = n.parse() {
@@ -167,6 +204,14 @@ mod tests {
                 TimelinePoint { pid: 42, seconds: 1.5, rss_bytes: 3000, heap_live_bytes: 5 },
             ],
             events_lost: BTreeMap::from([("live_table_full".into(), 3)]),
+            execs: vec![ExecMeta {
+                pid: 42,
+                seconds: 0.75,
+                discarded_bytes: 100_000,
+                discarded_blocks: 100,
+                from_comm: "old name".into(),
+                to_comm: "sleep".into(),
+            }],
         }
     }
 

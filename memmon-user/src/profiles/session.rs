@@ -22,7 +22,7 @@ use memmon_common::SiteStats;
 use super::{
     SiteValues, heap_profile,
     id::ProfileId,
-    meta::{ProfileMeta, State, TargetMeta, TimelinePoint},
+    meta::{ExecMeta, ProfileMeta, State, TargetMeta, TimelinePoint},
     pprof::{self, HeapProfile},
     store::ProfileDir,
 };
@@ -78,6 +78,7 @@ pub struct Session {
     baseline: HashMap<u64, SiteStats>,
     losses_at_start: BTreeMap<&'static str, u64>,
     timeline: Vec<TimelinePoint>,
+    execs: Vec<ExecMeta>,
 }
 
 impl Session {
@@ -105,6 +106,7 @@ impl Session {
             baseline: snapshot.sites.iter().map(|s| (s.id, s.stats)).collect(),
             losses_at_start: snapshot.losses.clone(),
             timeline: Vec::new(),
+            execs: Vec::new(),
         };
         session.record(snapshot, memory);
         let (profile, meta) = session.build(&mut input, State::Running, "");
@@ -120,6 +122,26 @@ impl Session {
         input.dir.write(&session.id, &bytes)?;
         session.remember(profile, meta, bytes.len(), snapshot.taken_at_ns);
         Ok(session)
+    }
+
+    /// One of the session's processes exec'ed (`lifecycle`), at `now_ns` (CLOCK_MONOTONIC).
+    pub fn note_exec(&mut self, pid: u32, exec: &crate::lifecycle::Exec, now_ns: u64) {
+        if !self.is_running() || !self.pids().contains(&pid) {
+            return;
+        }
+        self.execs.push(ExecMeta {
+            pid,
+            seconds: now_ns.saturating_sub(self.start_ns) as f64 / 1e9,
+            discarded_bytes: exec.discarded_bytes,
+            discarded_blocks: exec.discarded_blocks,
+            from_comm: exec.from_comm.clone(),
+            to_comm: exec.to_comm.clone(),
+        });
+    }
+
+    /// Execs of its processes during the window.
+    pub fn execs(&self) -> &[ExecMeta] {
+        &self.execs
     }
 
     pub fn is_running(&self) -> bool {
@@ -254,6 +276,7 @@ impl Session {
             reason: reason.to_string(),
             targets: self.targets.clone(),
             timeline: self.timeline.clone(),
+            execs: self.execs.clone(),
             events_lost: snapshot
                 .losses
                 .iter()
@@ -302,7 +325,9 @@ impl Session {
         snapshot
             .sites
             .iter()
-            .filter(|site| pids.contains(&site.pid))
+            // An image exec'ed away: its code is gone, so its stacks cannot be named (the
+            // session's metadata records the exec).
+            .filter(|site| pids.contains(&site.pid) && !site.image_gone)
             .filter_map(|site| {
                 let before = self.baseline.get(&site.id).copied().unwrap_or_default();
                 let allocations = site.stats.alloc_count.saturating_sub(before.alloc_count);
@@ -334,6 +359,7 @@ mod tests {
             frames: Arc::new(vec![0x1000 + id]),
             truncated: memmon_common::Truncation::Complete,
             stats: SiteStats { alloc_bytes, alloc_count, ..SiteStats::default() },
+            image_gone: false,
         }
     }
 
@@ -352,6 +378,7 @@ mod tests {
             baseline: baseline.sites.iter().map(|s| (s.id, s.stats)).collect(),
             losses_at_start: BTreeMap::new(),
             timeline: Vec::new(),
+            execs: Vec::new(),
         }
     }
 

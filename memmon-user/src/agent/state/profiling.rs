@@ -399,6 +399,15 @@ impl Agent {
             allocations: written.map_or(0, |w| w.allocations),
             live_bytes: written.map_or(0, |w| w.live_bytes),
             live_allocations: written.map_or(0, |w| w.live_allocations),
+            execs: session.execs().to_vec(),
+        }
+    }
+
+    /// A target exec'ed: the running sessions that profile it record it.
+    pub(super) fn note_exec_in_profiles(&mut self, pid: u32, exec: &crate::lifecycle::Exec) {
+        let now = crate::snapshot::monotonic_ns();
+        for session in &mut self.profiler.sessions {
+            session.note_exec(pid, exec, now);
         }
     }
 }

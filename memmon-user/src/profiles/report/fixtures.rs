@@ -39,6 +39,7 @@ pub fn meta() -> ProfileMeta {
         targets: vec![TargetMeta { pid: 7, comm: "app".into() }],
         timeline: vec![point(0.0, 1_000_000, 0), point(30.0, 3_000_000, 200_000), point(60.0, 2_000_000, 105_800)],
         events_lost: BTreeMap::new(),
+        execs: Vec::new(),
     }
 }
 

@@ -48,6 +48,13 @@ pub fn render(model: &Model, top: usize) -> String {
     if !meta.timeline.is_empty() {
         timeline(&mut out, model);
     }
+    for exec in &meta.execs {
+        let _ = writeln!(
+            out,
+            "  pid {} exec'ed at +{:.1} s: {} → {}; the old image's {} B in {} blocks discarded, its allocations not in this profile",
+            exec.pid, exec.seconds, exec.from_comm, exec.to_comm, exec.discarded_bytes, exec.discarded_blocks
+        );
+    }
     top_functions(&mut out, model, Sample::Inuse, top);
     top_functions(&mut out, model, Sample::Alloc, top);
     by_library(&mut out, model);
