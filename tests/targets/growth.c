@@ -1,6 +1,6 @@
 /* Growth over time, for the always-on tier: leaks on command from one known function (what a
  * capture window must attribute), and churns malloc/free on a thread (a malloc-heavy target for
- * the overhead budget). Protocol: "ready", then "done COMMAND" after each command. */
+ * the overhead budget); "release" frees what it leaked. Protocol: "ready", then "done COMMAND" after each command. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +49,9 @@ int main(void)
         } else if (!strcmp(command, "stop")) {
             churning = 0;
             pthread_join(churner, NULL);
+        } else if (!strcmp(command, "release")) {
+            while (kept_count > 0)
+                free(kept[--kept_count]);
         } else if (!strcmp(command, "exit")) {
             exit(0);
         } else {
