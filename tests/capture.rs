@@ -97,6 +97,25 @@ fn growth_opens_a_window_that_names_the_leak_and_forgets_its_blocks() {
     let top_listing = pprof_top(&profile, "inuse_space");
     assert!(has_top_row(&top_listing, &format!("{}B", blocks * BLOCK), "leak_steadily"), "{top_listing}");
 
+    // The leak goes on, but the window attributed it: growth waits out MEMMON_CAPTURE_COOLDOWN
+    // (300 s by default) instead of reopening a window at every leak check.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let cooling = loop {
+        target.run("leak 6 65536");
+        let capture = capture(&agent);
+        if capture["deferred"].as_u64().is_some_and(|n| n >= 1) {
+            break capture;
+        }
+        assert!(Instant::now() < deadline, "growth during the cooldown was not deferred: {capture}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(cooling["open"].is_null() && cooling["closed"].as_array().unwrap().len() == 1, "{cooling}");
+    assert_eq!(cooling["cooldown_seconds"], 300);
+    assert!(cooling["cooldown_remaining_seconds"].as_f64().unwrap() > 250.0, "{cooling}");
+    assert!(metric(&agent, "memmon_capture_windows_deferred_total ").is_some_and(|l| l != "memmon_capture_windows_deferred_total 0"));
+    let (code, text, _) = agent.command("status", &[]);
+    assert!(code == 0 && text.contains("cooldown: growth opens no window for"), "{text}");
+
     // Once the leak stops, windows stop; the blocks of closed windows are forgotten, never leaks.
     let quiet = wait_for(&agent, Duration::from_secs(15), "quiet", |c| c["open"].is_null());
     assert_eq!(quiet["allocator_probes_attached"], false, "{quiet}");

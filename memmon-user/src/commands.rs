@@ -224,6 +224,13 @@ fn capture_text(out: &mut String, capture: &crate::wire::CaptureStatus, overhead
             window.top_sites.first().map(|s| format!(", most at {}", s.site.function())).unwrap_or_default()
         );
     }
+    if capture.cooldown_remaining_seconds > 0.0 || capture.deferred > 0 {
+        let _ = writeln!(
+            out,
+            "    cooldown: growth opens no window for {:.0} s more (MEMMON_CAPTURE_COOLDOWN={} s); {} growth warning(s) deferred",
+            capture.cooldown_remaining_seconds, capture.cooldown_seconds, capture.deferred
+        );
+    }
     if capture.refused > 0 {
         let _ = writeln!(out, "    {} window(s) refused: {}", capture.refused, capture.last_refusal.as_deref().unwrap_or(""));
     }

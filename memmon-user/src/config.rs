@@ -56,6 +56,10 @@ pub struct AgentConfig {
     /// Seconds a capture window keeps the allocator probes attached (always-on tier).
     #[arg(long, env = "MEMMON_CAPTURE_WINDOW", default_value = "60", value_parser = seconds("MEMMON_CAPTURE_WINDOW"))]
     pub capture_window: u64,
+    /// Seconds after a capture window closes before growth may open the next one (0: none);
+    /// an operator's start-profiling is never held back.
+    #[arg(long, env = "MEMMON_CAPTURE_COOLDOWN", default_value = "300", value_parser = seconds_or_none("MEMMON_CAPTURE_COOLDOWN"))]
+    pub capture_cooldown: u64,
     /// Share of the targets' CPU time the allocator probes may cost (0.01 = 1%), averaged over
     /// 10 minutes; capture windows shrink or wait to stay under it.
     #[arg(long, env = "MEMMON_OVERHEAD_BUDGET", default_value = "0.01", allow_negative_numbers = true, value_parser = fraction("MEMMON_OVERHEAD_BUDGET"))]
@@ -217,6 +221,10 @@ impl AgentConfig {
         Duration::from_secs(self.capture_window)
     }
 
+    pub fn capture_cooldown(&self) -> Duration {
+        Duration::from_secs(self.capture_cooldown)
+    }
+
     pub fn metrics_update_period(&self) -> Duration {
         Duration::from_secs(self.metrics_update_interval)
     }
@@ -287,6 +295,11 @@ fn seconds(variable: &'static str) -> impl Fn(&str) -> Result<u64, String> + Clo
         Ok(value) => Ok(value),
         Err(_) => Err(format!("must be a whole number of seconds ({variable})")),
     }
+}
+
+/// Whole seconds, 0 meaning "none".
+fn seconds_or_none(variable: &'static str) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+    move |text| text.trim().parse::<u64>().map_err(|_| format!("must be a whole number of seconds, 0 for none ({variable})"))
 }
 
 /// A finite number > 0.
@@ -361,6 +374,16 @@ mod tests {
         assert_eq!(parse(&["--pid", "1", "--overhead-budget", "0.05"]).unwrap().overhead_budget, 0.05);
         let err = parse(&["--pid", "1", "--capture-window", "0"]).unwrap_err();
         assert!(err.contains("MEMMON_CAPTURE_WINDOW"), "{err}");
+    }
+
+    #[test]
+    fn the_cooldown_is_whole_seconds_and_may_be_none() {
+        assert_eq!(parse(&["--pid", "1"]).unwrap().capture_cooldown(), Duration::from_secs(300));
+        assert_eq!(parse(&["--pid", "1", "--capture-cooldown", "0"]).unwrap().capture_cooldown(), Duration::ZERO);
+        for bad in ["1.5", "soon", "5m"] {
+            let err = parse(&["--pid", "1", "--capture-cooldown", bad]).unwrap_err();
+            assert!(err.contains("MEMMON_CAPTURE_COOLDOWN"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -175,6 +175,15 @@ pub struct CaptureStatus {
     /// Windows the budget refused or postponed, and the latest reason.
     pub refused: u64,
     pub last_refusal: Option<String>,
+    /// MEMMON_CAPTURE_COOLDOWN, seconds.
+    #[serde(default)]
+    pub cooldown_seconds: u64,
+    /// Seconds until growth may open a window again (0: it may now).
+    #[serde(default)]
+    pub cooldown_remaining_seconds: f64,
+    /// Growth warnings that came during a cooldown and opened no window.
+    #[serde(default)]
+    pub deferred: u64,
 }
 
 /// A capture window: the allocator probes attached for a while, in the always-on tier.

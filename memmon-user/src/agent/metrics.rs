@@ -43,6 +43,8 @@ fn capture_metrics(registry: &Registry, capture: &crate::wire::CaptureStatus, ov
     }
     let refused = counter(registry, "memmon_capture_windows_refused_total", "Capture windows the overhead budget refused.", &[])?;
     refused.with_label_values::<&str>(&[]).inc_by(capture.refused);
+    let deferred = counter(registry, "memmon_capture_windows_deferred_total", "Growth warnings that opened no capture window: they came during MEMMON_CAPTURE_COOLDOWN.", &[])?;
+    deferred.with_label_values::<&str>(&[]).inc_by(capture.deferred);
     let float_gauge = |name: &str, help: &str, value: f64| -> Result<()> {
         let metric = prometheus::Gauge::with_opts(Opts::new(name, help))?;
         registry.register(Box::new(metric.clone()))?;

@@ -54,7 +54,7 @@ impl Agent {
             Tracer::attach_tracking(&config.pids, TracerOptions { calibrate: true, ..config.tracer_options() }, &config.track_config())?;
         let costs = tracer.hit_costs();
         let prior_cpu_rate = tracer.targets().iter().filter_map(|t| t.process.lifetime_cpu_rate()).sum();
-        let capture = capture::Capture::new(config.tier, config.overhead_budget, prior_cpu_rate, costs);
+        let capture = capture::Capture::new(config.tier, config.overhead_budget, prior_cpu_rate, costs, config.capture_cooldown());
         let mut symbolizer = Symbolizer::new();
         for target in tracer.targets() {
             symbolizer.observe(target.process.pid);

@@ -77,11 +77,39 @@ pub struct Capture {
     cpu_base_ns: u64,
     /// BPF run-time statistics stay enabled while this is held (while probes are attached).
     stats: Option<OwnedFd>,
+    cooldown: Cooldown,
+}
+
+/// The quiet time after a window, in which growth opens no new one: a leak that goes on would
+/// otherwise reopen a window at every leak check, attributing the same growth to the same sites
+/// again at the probes' cost. Operators' requests are not held back.
+struct Cooldown {
+    length: Duration,
+    until: Option<Instant>,
+    /// Growth warnings that came while cooling down.
+    deferred: u64,
+}
+
+impl Cooldown {
+    fn start(&mut self, now: Instant) {
+        self.until = Some(now + self.length);
+    }
+
+    fn remaining(&self, now: Instant) -> Duration {
+        self.until.map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
+    }
+
+    /// Whether growth seen at `now` must wait; counts it if so.
+    fn defers(&mut self, now: Instant) -> bool {
+        let waiting = !self.remaining(now).is_zero();
+        self.deferred += u64::from(waiting);
+        waiting
+    }
 }
 
 impl Capture {
     /// `prior_cpu_rate`: the targets' CPU ns per second before attach (see `Budget`).
-    pub fn new(tier: Tier, budget: f64, prior_cpu_rate: f64, costs: Option<HitCosts>) -> Self {
+    pub fn new(tier: Tier, budget: f64, prior_cpu_rate: f64, costs: Option<HitCosts>, cooldown: Duration) -> Self {
         Self {
             tier,
             costs,
@@ -94,6 +122,7 @@ impl Capture {
             counts_base: Vec::new(),
             cpu_base_ns: 0,
             stats: None,
+            cooldown: Cooldown { length: cooldown, until: None, deferred: 0 },
         }
     }
 
@@ -214,6 +243,14 @@ impl Agent {
         if self.capture.tier != Tier::AlwaysOn || self.capture.window.is_some() {
             return;
         }
+        if self.capture.cooldown.defers(Instant::now()) {
+            log::debug!(
+                "growth not attributed yet: the last window closed {:.0} s ago (MEMMON_CAPTURE_COOLDOWN={}): {cause}",
+                (self.capture.cooldown.length - self.capture.cooldown.remaining(Instant::now())).as_secs_f64(),
+                self.capture.cooldown.length.as_secs()
+            );
+            return;
+        }
         let planned = match self.begin_window(self.config.capture_window_length()) {
             Ok(planned) => planned,
             Err(refusal) => {
@@ -292,6 +329,7 @@ impl Agent {
             record.live_allocations
         );
         self.capture.budget.window_closed(elapsed, cost_ns);
+        self.capture.cooldown.start(Instant::now());
         self.capture.closed.push_front(record);
         self.capture.closed.truncate(CLOSED_KEPT);
         if self.capture.tier == Tier::AlwaysOn {
@@ -325,6 +363,9 @@ impl Agent {
             opened: self.capture.opened.clone(),
             refused: self.capture.refused,
             last_refusal: self.capture.last_refusal.clone(),
+            cooldown_seconds: self.capture.cooldown.length.as_secs(),
+            cooldown_remaining_seconds: self.capture.cooldown.remaining(Instant::now()).as_secs_f64(),
+            deferred: self.capture.cooldown.deferred,
         }
     }
 
@@ -343,6 +384,27 @@ impl Agent {
 
     pub(super) fn capture_over_budget(&self) -> bool {
         self.capture.over_budget()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_waits_out_the_cooldown_and_is_counted() {
+        let start = Instant::now();
+        let mut cooldown = Cooldown { length: Duration::from_secs(300), until: None, deferred: 0 };
+        assert!(!cooldown.defers(start), "no window closed yet");
+        cooldown.start(start);
+        assert!(cooldown.defers(start + Duration::from_secs(10)));
+        assert!(cooldown.defers(start + Duration::from_secs(299)));
+        assert_eq!(cooldown.remaining(start + Duration::from_secs(200)), Duration::from_secs(100));
+        assert!(!cooldown.defers(start + Duration::from_secs(300)));
+        assert_eq!(cooldown.deferred, 2);
+        let mut none = Cooldown { length: Duration::ZERO, until: None, deferred: 0 };
+        none.start(start);
+        assert!(!none.defers(start));
     }
 }
 
