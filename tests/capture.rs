@@ -156,12 +156,16 @@ fn the_budget_shrinks_and_refuses_windows_on_a_malloc_heavy_target() {
     eprintln!("(wanted, planned) windows: {planned:?}");
     let refusal = refusal.unwrap_or_else(|| panic!("the budget never refused a window: {planned:?}"));
     assert!(refusal.contains("MEMMON_OVERHEAD_BUDGET=0.02"), "{refusal}");
-    assert!(planned.len() >= 2 && planned[0].1 <= 4.0, "{planned:?}");
-    let closed = capture(&agent)["closed"].as_array().unwrap().clone();
-    let long_window = &closed[closed.len() - 2]; // newest first
-    let backed_off = long_window["planned_seconds"].as_f64().unwrap() < 120.0
-        || long_window["reason"] == "overhead budget spent";
-    assert!(backed_off, "the long window did not back off: {closed:#?}");
+    assert!(!planned.is_empty() && planned[0].1 <= 4.0, "{planned:?}");
+    // The 120 s window shrank, was cut short, or (on a loaded machine, where the target earns
+    // less CPU to credit) was refused outright: each is the budget backing off.
+    if planned.len() >= 2 {
+        let closed = capture(&agent)["closed"].as_array().unwrap().clone();
+        let long_window = &closed[closed.len() - 2]; // newest first
+        let backed_off = long_window["planned_seconds"].as_f64().unwrap() < 120.0
+            || long_window["reason"] == "overhead budget spent";
+        assert!(backed_off, "the long window did not back off: {closed:#?}");
+    }
     let overhead = agent.json("status")["overhead"].clone();
     let estimate = overhead["estimate"].as_f64().unwrap();
     assert!(estimate > 0.01 && estimate <= 0.02 * 1.15, "estimate {estimate} against a 0.02 budget: {overhead}");

@@ -297,11 +297,15 @@ impl Agent {
     /// probes and forgets the blocks they tracked.
     pub(super) fn close_window(&mut self, reason: &'static str) {
         let Some(session) = self.capture.window.as_ref().map(|w| w.session.clone()) else { return };
-        if let Some(id) = session.filter(|id| self.session_running(id)) {
-            self.end_sessions(|session| session.id == id, reason);
-        }
-        if let Err(err) = self.refresh() {
-            log::warn!("the capture window's last snapshot failed: {err:#}");
+        // One last snapshot, which the window's profile (when it has one) ends with too: the
+        // record and the profile then show the same blocks, even while the target allocates.
+        match session.filter(|id| self.session_running(id)) {
+            Some(id) => self.end_sessions(|session| session.id == id, reason),
+            None => {
+                if let Err(err) = self.refresh() {
+                    log::warn!("the capture window's last snapshot failed: {err:#}");
+                }
+            }
         }
         self.account_overhead();
         let window = self.capture.window.take().expect("checked above");
