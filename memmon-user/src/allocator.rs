@@ -6,8 +6,9 @@
 //! allocator library, then the executable itself, then any other mapped object (libc last).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs,
+    os::unix::fs::MetadataExt as _,
     path::Path,
 };
 
@@ -173,7 +174,6 @@ impl ProbedObject {
     /// The file's (device, inode) as `process` maps it: uprobes live on inodes, so an object
     /// probed once in a process stays probed in every image of it that maps the same file.
     pub fn identity(&self, process: &Process) -> (u64, u64) {
-        use std::os::unix::fs::MetadataExt as _;
         fs::metadata(process.root_path(&self.path)).map_or((0, 0), |m| (m.dev(), m.ino()))
     }
 }
@@ -211,8 +211,12 @@ impl ProbedObject {
 pub struct Allocator {
     /// "glibc", "jemalloc", "tcmalloc", "mimalloc", "static" (the executable's own) or "other".
     pub name: &'static str,
-    /// The allocator's object first, then C++ runtimes whose operator new is probed.
+    /// The allocator's object first, then other objects with an allocator of their own and C++
+    /// runtimes whose operator new is probed.
     pub objects: Vec<ProbedObject>,
+    /// Every mapped object already looked at (paths as the target sees them), so that code the
+    /// target maps later (dlopen) is examined once.
+    examined: BTreeSet<String>,
 }
 
 impl Allocator {
@@ -241,16 +245,18 @@ impl Allocator {
     /// Finds the allocator among `objects` (paths as `process` sees them, in load order), for a
     /// process whose map does not list them yet (`memmon run`, stopped at its exec).
     pub fn find_among(process: &Process, objects: &[&str], exe: Option<&str>, optimize_sites: bool) -> Result<Self> {
-        let all: Vec<Function> = FAMILY.iter().chain(CXX_NEW).chain(CXX_DELETE).copied().collect();
         let mut searched = Vec::new();
         let mut allocator = None;
         for object in search_order(objects, exe) {
-            let Ok(sites) = probe_sites(&process.root_path(object), &all, optimize_sites) else { continue };
+            let Ok(sites) = probe_sites(&process.root_path(object), ALL_FUNCTIONS, optimize_sites) else { continue };
             searched.push(object.to_string());
-            let has = |symbol| sites.iter().any(|s: &ProbeSite| s.function.symbol == symbol);
-            if has("malloc") && has("free") {
+            if defines_allocator(&sites) {
                 let name = classify(object, exe);
-                allocator = Some(Self { name, objects: vec![ProbedObject { path: object.to_string(), sites }] });
+                allocator = Some(Self {
+                    name,
+                    objects: vec![ProbedObject { path: object.to_string(), sites }],
+                    examined: BTreeSet::from([object.to_string()]),
+                });
                 break;
             }
         }
@@ -262,20 +268,54 @@ impl Allocator {
                 searched.join(", ")
             )
         };
-        let defines_new = allocator.objects[0].sites.iter().any(|s| s.function.symbol.starts_with("_Zn"));
-        if !defines_new {
-            for object in objects.iter().filter(|o| is_cxx_runtime(o, exe)) {
-                if *object == allocator.objects[0].path {
-                    continue;
-                }
-                if let Ok(sites) = probe_sites(&process.root_path(object), CXX_NEW, optimize_sites)
-                    && !sites.is_empty()
-                {
-                    allocator.objects.push(ProbedObject { path: object.to_string(), sites });
+        allocator.examine(process, objects, exe, optimize_sites);
+        Ok(allocator)
+    }
+
+    /// Probes what the objects `process` mapped since the allocator was found (dlopen) add: an
+    /// allocator of their own, or a C++ runtime. Returns the objects to attach probes to; each
+    /// object is examined once.
+    pub fn examine_new_objects(&mut self, process: &Process, optimize_sites: bool) -> Result<Vec<ProbedObject>> {
+        let maps = fs::read_to_string(process.path("maps"))
+            .with_context(|| format!("cannot read /proc/{}/maps", process.pid))?;
+        let exe = fs::read_link(process.path("exe")).ok().map(|p| p.to_string_lossy().into_owned());
+        let known = self.objects.len();
+        self.examine(process, &mapped_objects(&maps), exe.as_deref(), optimize_sites);
+        Ok(self.objects[known..].to_vec())
+    }
+
+    /// Adds, among `objects` not examined yet, the ones with an allocator of their own and the
+    /// C++ runtimes whose operator new memmon probes.
+    ///
+    /// A second allocator serves whoever calls it by name: a plugin linked to mimalloc calling
+    /// `mi_malloc`, a library loaded with RTLD_DEEPBIND that binds `malloc` to its own. Its
+    /// probes cost nothing while nothing calls it, and calls nested in another probed one are
+    /// counted once (the kernel's entry path). glibc is the exception: once another allocator
+    /// interposes its malloc, nothing reaches it, so it is probed only as the allocator.
+    fn examine(&mut self, process: &Process, objects: &[&str], exe: Option<&str>, optimize_sites: bool) {
+        let defines_new = self.objects[0].sites.iter().any(|s| s.function.symbol.starts_with("_Zn"));
+        for &object in objects {
+            if !self.examined.insert(object.to_string()) {
+                continue;
+            }
+            let path = process.root_path(object);
+            // One file may go by two paths (/lib and /usr/lib, a loader's name and the map's):
+            // probed twice, every call would be seen twice.
+            if let Ok(metadata) = fs::metadata(&path)
+                && self.objects.iter().any(|o| o.identity(process) == (metadata.dev(), metadata.ino()))
+            {
+                continue;
+            }
+            let Ok(sites) = probe_sites(&path, ALL_FUNCTIONS, optimize_sites) else { continue };
+            if classify(object, exe) != "glibc" && defines_allocator(&sites) {
+                self.objects.push(ProbedObject { path: object.to_string(), sites });
+            } else if !defines_new && is_cxx_runtime(object, exe) {
+                let news: Vec<ProbeSite> = sites.into_iter().filter(|s| CXX_NEW.contains(&s.function)).collect();
+                if !news.is_empty() {
+                    self.objects.push(ProbedObject { path: object.to_string(), sites: news });
                 }
             }
         }
-        Ok(allocator)
     }
 
     pub fn object(&self) -> &str {
@@ -290,6 +330,29 @@ impl Allocator {
     pub fn single_stepped(&self) -> impl Iterator<Item = &ProbeSite> {
         self.objects.iter().flat_map(|object| &object.sites).filter(|site| !site.emulated)
     }
+}
+
+/// Every function memmon probes in an allocator's object.
+const ALL_FUNCTIONS: &[Function] = &concat_functions();
+
+const fn concat_functions() -> [Function; FAMILY.len() + CXX_NEW.len() + CXX_DELETE.len()] {
+    let mut all = [FAMILY[0]; FAMILY.len() + CXX_NEW.len() + CXX_DELETE.len()];
+    let mut i = 0;
+    while i < all.len() {
+        all[i] = match i {
+            i if i < FAMILY.len() => FAMILY[i],
+            i if i < FAMILY.len() + CXX_NEW.len() => CXX_NEW[i - FAMILY.len()],
+            i => CXX_DELETE[i - FAMILY.len() - CXX_NEW.len()],
+        };
+        i += 1;
+    }
+    all
+}
+
+/// Whether an object's probe sites make an allocator: both malloc and free.
+fn defines_allocator(sites: &[ProbeSite]) -> bool {
+    let has = |symbol| sites.iter().any(|s| s.function.symbol == symbol);
+    has("malloc") && has("free")
 }
 
 fn is_cxx_runtime(object: &str, exe: Option<&str>) -> bool {

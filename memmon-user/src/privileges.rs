@@ -8,12 +8,10 @@
 use anyhow::{Context as _, Result};
 use caps::{CapSet, Capability, CapsHashSet};
 
-use crate::config::Tier;
-
 /// What the agent needs after attaching, and why. Each was measured by dropping it (strace
 /// shows the EACCES, the agent degrades): see README "Privileges".
-pub fn retained(tier: Tier) -> Vec<(Capability, &'static str)> {
-    let mut keep = vec![
+pub fn retained() -> Vec<(Capability, &'static str)> {
+    vec![
         (
             Capability::CAP_SYS_PTRACE,
             "/proc/PID/maps, /proc/PID/mem (Python code objects) and /proc/PID/root (the targets' files) of processes \
@@ -24,15 +22,13 @@ pub fn retained(tier: Tier) -> Vec<(Capability, &'static str)> {
             "the targets' binaries and libraries (symbols, unwind tables for code mapped later) and /proc/PID/mem \
              when the agent's user may not read them",
         ),
-    ];
-    if tier == Tier::AlwaysOn {
-        keep.push((
+        (
             Capability::CAP_SYS_ADMIN,
-            "capture windows attach the allocator uprobes again: the kernel's uprobe PMU (perf_event_open) requires \
-             CAP_SYS_ADMIN on 6.18, CAP_PERFMON is refused with EACCES",
-        ));
-    }
-    keep
+            "uprobes attached after the start: capture windows (always-on tier), a target's exec into a program with \
+             another allocator, a library with an allocator of its own loaded later (dlopen), followed forks; the \
+             kernel's uprobe PMU (perf_event_open) requires CAP_SYS_ADMIN on 6.18, CAP_PERFMON is refused with EACCES",
+        ),
+    ]
 }
 
 /// The current thread's effective capabilities.

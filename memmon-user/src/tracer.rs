@@ -137,6 +137,8 @@ pub struct Tracer {
     hit_costs: Option<HitCosts>,
     /// Tracked functions (`--track-function`), if any.
     tracking: Option<Tracking>,
+    /// Objects probed because a target mapped them after attach, not yet announced.
+    probed_later: Vec<(u32, ProbedObject)>,
 }
 
 impl Tracer {
@@ -250,7 +252,7 @@ impl Tracer {
         armed.set(0, 1, 0)?;
         let code_maps_seen = targets.iter().map(|t: &Target| (t.process.pid, 0)).collect();
         let allocator_links = options.allocator_probes.then_some(links);
-        Ok(Self { ebpf, targets, stacks: HashMap::new(), options, unwind, code_maps_seen, allocator_links, hit_costs, tracking })
+        Ok(Self { ebpf, targets, stacks: HashMap::new(), options, unwind, code_maps_seen, allocator_links, hit_costs, tracking, probed_later: Vec::new() })
     }
 
     /// Whether the allocator probes are attached (always in the exact tier; during capture
@@ -495,8 +497,9 @@ impl Tracer {
     }
 
     /// Rebuilds the unwind view of every target that mapped new code (dlopen) since the last
-    /// look; the kernel counts executable mmaps per process, so this is one map read when
-    /// nothing changed.
+    /// look, and probes what the new objects bring: an allocator of their own, a C++ runtime.
+    /// The kernel counts executable mmaps per process, so this is one map read when nothing
+    /// changed. The objects newly probed wait in [`Tracer::take_probed_later`].
     pub fn refresh_code_mappings(&mut self) -> Result<()> {
         let processes: BpfHashMap<_, u32, ProcessMemory> =
             BpfHashMap::try_from(self.ebpf.map("TARGETS").context("TARGETS map")?)?;
@@ -522,8 +525,41 @@ impl Tracer {
                 }
                 Err(err) => log::debug!("pid {pid}: code mappings not refreshed: {err:#}"),
             }
+            match self.probe_new_objects(pid) {
+                Ok(objects) => self.probed_later.extend(objects.into_iter().map(|object| (pid, object))),
+                // Examined once: a warning, not a retry at every tick.
+                Err(err) => log::warn!("pid {pid}: the objects it mapped are not probed: {err:#}"),
+            }
         }
         Ok(())
+    }
+
+    /// The objects probed since the last call because a target mapped them after attach, by pid.
+    pub fn take_probed_later(&mut self) -> Vec<(u32, ProbedObject)> {
+        std::mem::take(&mut self.probed_later)
+    }
+
+    /// Attaches the allocator probes to what `pid` mapped since its allocator was found (while
+    /// the probes are attached; otherwise at the next capture window, with the rest).
+    fn probe_new_objects(&mut self, pid: u32) -> Result<Vec<ProbedObject>> {
+        let optimize = self.options.optimize_probe_sites;
+        let Some(target) = self.targets.iter_mut().find(|t| t.process.pid == pid) else { return Ok(Vec::new()) };
+        let fresh = target.allocator.examine_new_objects(&target.process, optimize)?;
+        if fresh.is_empty() {
+            return Ok(fresh);
+        }
+        let process = target.process.clone();
+        if let Some(links) = self.allocator_links.as_mut() {
+            match attach_allocator(&mut self.ebpf, &process, &fresh, self.options.programs) {
+                Ok(attached) => links.extend(attached),
+                Err(err) => {
+                    let target = self.targets.iter_mut().find(|t| t.process.pid == pid).expect("found above");
+                    target.allocator.objects.truncate(target.allocator.objects.len() - fresh.len());
+                    return Err(err);
+                }
+            }
+        }
+        Ok(fresh)
     }
 
     /// The unwind tables' figures, for `status` and `/metrics`.

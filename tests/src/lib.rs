@@ -99,6 +99,11 @@ pub fn build_target(name: &str) -> PathBuf {
 /// Compiles `targets/<name>.c` into a shared library without frame pointers
 /// (`lib<name>.so`), for targets that load code with dlopen.
 pub fn build_shared_library(name: &str) -> PathBuf {
+    build_shared_library_linked(name, &[])
+}
+
+/// `build_shared_library`, linked to the `libraries` given by path.
+pub fn build_shared_library_linked(name: &str, libraries: &[&str]) -> PathBuf {
     let out_dir = workspace_root().join("target/test-targets");
     std::fs::create_dir_all(&out_dir).unwrap();
     let library = out_dir.join(format!("lib{name}.so"));
@@ -107,6 +112,7 @@ pub fn build_shared_library(name: &str) -> PathBuf {
         .args(["-O2", "-g", "-fomit-frame-pointer", "-shared", "-fPIC", "-o"])
         .arg(&library)
         .arg(&source)
+        .args(libraries)
         .status()
         .expect("cannot run gcc");
     assert!(status.success(), "compiling {} failed", source.display());

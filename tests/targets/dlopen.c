@@ -3,6 +3,7 @@
  *   load PATH   dlopen(PATH)
  *   alloc       plugin_entry(4242) from the library, kept: one live block of 4242 bytes whose
  *               stack runs through the library: plugin_allocate ← plugin_entry ← call_plugin ← main
+ *   release     plugin_release(that block), where the library has it (its own allocator's free)
  */
 #include <dlfcn.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 
 static void *(*plugin_entry)(size_t);
+static void (*plugin_release)(void *);
 static void *volatile kept;
 
 __attribute__((noinline)) void call_plugin(void)
@@ -32,8 +34,13 @@ int main(void)
                 continue;
             }
             plugin_entry = (void *(*)(size_t))dlsym(library, "plugin_entry");
+            plugin_release = (void (*)(void *))dlsym(library, "plugin_release");
         } else if (!strcmp(command, "alloc"))
             call_plugin();
+        else if (!strcmp(command, "release") && plugin_release) {
+            plugin_release(kept);
+            kept = NULL;
+        }
         printf("done %s\n", command);
     }
     return 0;

@@ -232,7 +232,7 @@ fn retained_capabilities(config: &AgentConfig) -> Option<Vec<caps::Capability>> 
     if !config.drop_capabilities {
         return None;
     }
-    Some(privileges::retained(config.tier).into_iter().map(|(cap, _why)| cap).collect())
+    Some(privileges::retained().into_iter().map(|(cap, _why)| cap).collect())
 }
 
 fn final_report(agent: &mut Agent) -> String {

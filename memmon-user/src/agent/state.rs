@@ -105,6 +105,9 @@ impl Agent {
         if let Err(err) = self.tracer.refresh_code_mappings() {
             log::warn!("refreshing code mappings failed: {err:#}");
         }
+        for (pid, object) in self.tracer.take_probed_later() {
+            eprintln!("memmon: pid {pid} mapped code with allocator functions; probing {}", object.describe());
+        }
     }
 
     /// A target that exec'ed is a new program in the same process: the old image's blocks are
