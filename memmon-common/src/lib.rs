@@ -285,6 +285,16 @@ pub mod unwind {
 pub const MAX_MAPPINGS: u32 = 1 << 16;
 /// Capacity of the target-process table (the syscall tracepoints' filter).
 pub const MAX_TARGETS: u32 = 1024;
+/// Capacity of the queue of forks to follow (drained every 20 ms: 200,000 forks/s).
+pub const MAX_QUEUED_FORKS: u32 = 4096;
+
+/// A new child process of a target, queued for userspace to follow (`--follow-forks`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fork {
+    pub child: u32,
+    pub parent: u32,
+}
 
 /// x86-64 syscall numbers of the calls that change a process' anonymous memory.
 pub mod syscall {
@@ -388,9 +398,11 @@ pub enum Loss {
     MappingTableFull = 9,
     /// The in-flight syscall table is full; a memory syscall was not tracked.
     PendingSyscallTableFull = 10,
+    /// A target forked while the queue of forks to follow was full: the child is not followed.
+    ForkQueueFull = 11,
 }
 
-pub const LOSS_REASONS: usize = 11;
+pub const LOSS_REASONS: usize = 12;
 
 impl Loss {
     pub const ALL: [Loss; LOSS_REASONS] = [
@@ -405,6 +417,7 @@ impl Loss {
         Loss::MissedFree,
         Loss::MappingTableFull,
         Loss::PendingSyscallTableFull,
+        Loss::ForkQueueFull,
     ];
 
     /// Stable snake_case name, used in output, JSON and metric labels.
@@ -421,6 +434,7 @@ impl Loss {
             Loss::MissedFree => "missed_free",
             Loss::MappingTableFull => "mapping_table_full",
             Loss::PendingSyscallTableFull => "pending_syscall_table_full",
+            Loss::ForkQueueFull => "fork_queue_full",
         }
     }
 }
@@ -693,6 +707,7 @@ mod pod {
     use super::*;
     // SAFETY: all are repr(C), Copy, and contain only integers with no implicit padding.
     unsafe impl aya::Pod for PendingCall {}
+    unsafe impl aya::Pod for Fork {}
     unsafe impl aya::Pod for LiveKey {}
     unsafe impl aya::Pod for LiveAlloc {}
     unsafe impl aya::Pod for SiteStats {}

@@ -10,6 +10,7 @@
 
 mod alloc;
 mod counters;
+mod forks;
 mod lifecycle;
 mod maps;
 mod stack;
@@ -181,6 +182,13 @@ pub fn process_exec(_ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn process_exit(ctx: TracePointContext) -> u32 {
     lifecycle::exit(&ctx);
+    0
+}
+
+/// Attached to task:task_newtask: a target forked (`forks`, with `--follow-forks`).
+#[tracepoint]
+pub fn process_fork(ctx: TracePointContext) -> u32 {
+    forks::new_task(&ctx);
     0
 }
 

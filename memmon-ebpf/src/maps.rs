@@ -3,11 +3,11 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
 };
 use memmon_common::{
-    DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, LOSS_REASONS, LiveAlloc, LiveKey,
-    MAX_MAPPINGS, MAX_PENDING_CALLS, MAX_TARGETS, PendingCall, PendingSyscall, ProcessMemory,
+    DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, Fork, LOSS_REASONS, LiveAlloc, LiveKey,
+    MAX_MAPPINGS, MAX_QUEUED_FORKS, MAX_PENDING_CALLS, MAX_TARGETS, PendingCall, PendingSyscall, ProcessMemory,
     SIZE_HISTOGRAM_ENTRIES, SiteStats, StackTrace,
     python::PythonProcess,
     track::{EVENT_RING_BYTES, FunctionCounters, FunctionSiteKey, FunctionSiteStats, InFlightCall, MAX_TRACKED},
@@ -62,6 +62,14 @@ pub static ARMED: Array<u32> = Array::with_max_entries(1, 0);
 /// tracepoints fire for every process on the machine and use this table as their filter.
 #[map]
 pub static TARGETS: HashMap<u32, ProcessMemory> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Set to 1 by userspace to follow the targets' forks (`--follow-forks`).
+#[map]
+pub static FOLLOW_FORKS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// New child processes of targets, for userspace to attach to.
+#[map]
+pub static FORKS: Queue<Fork> = Queue::with_max_entries(MAX_QUEUED_FORKS, 0);
 
 /// Memory syscalls in flight, by thread.
 #[map]

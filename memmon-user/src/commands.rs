@@ -184,6 +184,7 @@ fn status_text(status: &Status) -> String {
     );
     unwind_text(&mut out, &status.unwind);
     capture_text(&mut out, &status.capture, &status.overhead);
+    forks_text(&mut out, &status.forks);
     tracked_functions_text(&mut out, &status.tracked_functions);
     profiling::profiles_text(&mut out, status.profiling_enabled, &status.profiles);
     if lost == 0 {
@@ -194,6 +195,23 @@ fn status_text(status: &Status) -> String {
         let _ = writeln!(out, "  events lost (numbers may be low): {}", listed.join(", "));
     }
     out
+}
+
+fn forks_text(out: &mut String, forks: &crate::forks::Forks) {
+    if !forks.following {
+        if forks.seen == 0 {
+            out.push_str("  forks: not followed (--follow-forks)\n");
+        }
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  forks: followed, at most {} at once: {} seen, {} followed ({} traced now, {} exited), {} exited before memmon attached, {} over the limit, {} failed",
+        forks.max_followed, forks.seen, forks.followed, forks.alive, forks.retired, forks.exited_before_followed, forks.over_limit, forks.failed
+    );
+    for exit in forks.recent_exits.iter().rev().take(3) {
+        let _ = writeln!(out, "    pid {} ({}, forked by {}) exited holding {} B in {} blocks", exit.pid, exit.comm, exit.parent, exit.held_bytes, exit.held_blocks);
+    }
 }
 
 fn capture_text(out: &mut String, capture: &crate::wire::CaptureStatus, overhead: &crate::wire::OverheadStatus) {

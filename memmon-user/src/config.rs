@@ -126,6 +126,14 @@ pub struct AgentConfig {
     pub slow_call_seconds: f64,
     #[command(flatten)]
     pub tables: TableConfig,
+    /// Trace the targets' forked children too (fork, vfork, posix_spawn), each from the moment
+    /// memmon attaches to it, within 20 ms of the fork.
+    #[arg(long, env = "MEMMON_FOLLOW_FORKS")]
+    pub follow_forks: bool,
+    /// Followed children traced at once (`--follow-forks`); forks beyond are counted, not followed.
+    #[arg(long, env = "MEMMON_MAX_FOLLOWED", default_value_t = crate::forks::DEFAULT_MAX_FOLLOWED,
+          value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub max_followed: u32,
     /// Move each allocator function's probes past instructions the kernel would single-step, to
     /// the first one it emulates, when provably equivalent (false: probe every function at its
     /// entry).
@@ -213,6 +221,8 @@ impl AgentConfig {
         TracerOptions {
             optimize_probe_sites: self.optimize_probe_sites,
             allocator_probes: self.tier == Tier::Exact,
+            follow_forks: self.follow_forks,
+            max_followed: self.max_followed,
             ..self.tables.tracer_options()
         }
     }

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod forks;
 pub mod launch;
 pub mod overhead;
 pub mod leaks;

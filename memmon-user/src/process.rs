@@ -56,6 +56,17 @@ impl Process {
         }
     }
 
+    /// Whether it has exited or its main thread is exiting (`PF_EXITING`: its memory may be
+    /// gone already while /proc still lists it as running). Of a single-threaded process, that
+    /// it is ending; a multi-threaded one whose main thread left early also reads as exiting.
+    pub fn exiting(&self) -> bool {
+        const PF_EXITING: u64 = 0x4;
+        match fs::read_to_string(proc_path(self.pid, "stat")) {
+            Ok(stat) => Stat::parse(&stat).is_none_or(|s| s.state == 'Z' || s.state == 'X' || s.started != self.started || s.flags & PF_EXITING != 0),
+            Err(_) => true,
+        }
+    }
+
     /// The process again, as /proc shows it now (a new name after an execve); an error if it
     /// has exited or its pid now names another process.
     pub fn reopen(&self) -> Result<Self> {

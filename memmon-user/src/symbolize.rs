@@ -137,10 +137,15 @@ impl Symbolizer {
     /// `pid` exec'ed: its old image's map and everything resolved through it are dropped (the
     /// new image may put other code at the same addresses), and the new map is read.
     pub fn image_replaced(&mut self, pid: u32) {
+        self.forget(pid);
+        self.observe(pid);
+    }
+
+    /// `pid` is no longer traced: everything kept for it goes.
+    pub fn forget(&mut self, pid: u32) {
         self.maps.remove(&pid);
         self.cache.retain(|(cached, _), _| *cached != pid);
         self.python_code.retain(|(cached, _, _), _| *cached != pid);
-        self.observe(pid);
     }
 
     /// Symbolizes a stack of return addresses captured in `pid`.

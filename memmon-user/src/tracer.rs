@@ -10,19 +10,20 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, Map},
+    maps::{Array, HashMap as BpfHashMap, Map, Queue},
     programs::{
         TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
 use memmon_common::{
-    DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, LiveAlloc, LiveKey, Loss, ProcessMemory,
+    DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, Fork, LiveAlloc, LiveKey, Loss, ProcessMemory,
     SiteStats, StackTrace, Truncation, python::PythonProcess, unwind::DEFAULT_TABLE_MAX_MB,
 };
 
 use crate::{
     allocator::{self, Allocator, ProbedObject},
+    forks::{ChildExit, Forks},
     lifecycle,
     overhead::{HitCosts, HitKind, ProgramCounts, calibrate},
     process::Process,
@@ -78,6 +79,9 @@ pub struct TracerOptions {
     /// Walk CPython targets' Python frames (false: their stacks are native only; the
     /// benchmark's baseline for the cost of the Python walk).
     pub python_frames: bool,
+    /// Follow the targets' forks (`forks`), at most `max_followed` children at once.
+    pub follow_forks: bool,
+    pub max_followed: u32,
 }
 
 impl Default for TracerOptions {
@@ -90,6 +94,8 @@ impl Default for TracerOptions {
             allocator_probes: true,
             calibrate: false,
             python_frames: true,
+            follow_forks: false,
+            max_followed: crate::forks::DEFAULT_MAX_FOLLOWED,
         }
     }
 }
@@ -105,6 +111,8 @@ pub struct Target {
     pub python: Interpreter,
     /// The images it exec'ed since attach, and what went with each.
     pub history: lifecycle::History,
+    /// The target that forked it, for a followed child (`forks`).
+    pub parent: Option<u32>,
 }
 
 /// One uprobe on a target, with the file it is on.
@@ -139,6 +147,8 @@ pub struct Tracer {
     tracking: Option<Tracking>,
     /// Objects probed because a target mapped them after attach, not yet announced.
     probed_later: Vec<(u32, ProbedObject)>,
+    /// What became of the targets' forks.
+    forks: Forks,
 }
 
 impl Tracer {
@@ -232,7 +242,7 @@ impl Tracer {
                 .with_context(|| format!("building unwind tables for pid {}", process.pid))?;
             let python = if options.python_frames { register_python(&mut ebpf, process.pid)? } else { Interpreter::None };
             let heap_at_attach = process.heap_extent();
-            targets.push(Target { process, allocator, heap_at_attach, python, history: lifecycle::History::default() });
+            targets.push(Target { process, allocator, heap_at_attach, python, history: lifecycle::History::default(), parent: None });
         }
         let mut links = Vec::new();
         if options.allocator_probes {
@@ -243,7 +253,11 @@ impl Tracer {
         if options.programs == Programs::Tracking {
             attach_memory_syscalls(&mut ebpf)?;
             attach_lifecycle(&mut ebpf)?;
+            if options.follow_forks {
+                attach_fork_follower(&mut ebpf)?;
+            }
         }
+        let forks = Forks::new(options.follow_forks, options.max_followed);
         let tracking = match tracking {
             true => Some(attach_tracked_functions(&mut ebpf, &targets, functions, track)?),
             false => None,
@@ -252,7 +266,7 @@ impl Tracer {
         armed.set(0, 1, 0)?;
         let code_maps_seen = targets.iter().map(|t: &Target| (t.process.pid, 0)).collect();
         let allocator_links = options.allocator_probes.then_some(links);
-        Ok(Self { ebpf, targets, stacks: HashMap::new(), options, unwind, code_maps_seen, allocator_links, hit_costs, tracking, probed_later: Vec::new() })
+        Ok(Self { ebpf, targets, stacks: HashMap::new(), options, unwind, code_maps_seen, allocator_links, hit_costs, tracking, probed_later: Vec::new(), forks })
     }
 
     /// Whether the allocator probes are attached (always in the exact tier; during capture
@@ -391,7 +405,7 @@ impl Tracer {
                 let python =
                     if self.options.python_frames { register_python(&mut self.ebpf, pid)? } else { Interpreter::None };
                 let history = lifecycle::History::default();
-                self.targets.push(Target { process, allocator, heap_at_attach, python, history })
+                self.targets.push(Target { process, allocator, heap_at_attach, python, history, parent: None })
             }
         }
         Ok(())
@@ -488,6 +502,168 @@ impl Tracer {
             execs.push((pid, exec));
         }
         Ok(execs)
+    }
+
+    /// What became of the targets' forks so far.
+    pub fn forks(&self) -> Forks {
+        let mut forks = self.forks.clone();
+        forks.alive = self.targets.iter().filter(|t| t.parent.is_some()).count() as u64;
+        forks
+    }
+
+    /// Attaches to the children the targets forked since the last look (`--follow-forks`):
+    /// each becomes a target, with the parent's allocator when it runs the parent's program.
+    /// Returns the children followed, with their parents.
+    pub fn follow_forks(&mut self) -> Result<Vec<(u32, u32)>> {
+        if !self.options.follow_forks {
+            return Ok(Vec::new());
+        }
+        let mut queue: Queue<_, Fork> = Queue::try_from(self.ebpf.map_mut("FORKS").context("FORKS map")?)?;
+        let mut forks = Vec::new();
+        while let Ok(fork) = queue.pop(0) {
+            forks.push(fork);
+        }
+        let mut followed = Vec::new();
+        for Fork { child, parent } in forks {
+            self.forks.seen += 1;
+            let traced = self.targets.iter().filter(|t| t.parent.is_some()).count();
+            if traced >= self.options.max_followed as usize {
+                self.forks.over_limit += 1;
+                continue;
+            }
+            let process = match Process::open(child) {
+                Ok(process) => process,
+                Err(err) => {
+                    log::debug!("pid {child}, forked by pid {parent}, is not followed: {err:#}");
+                    self.forks.exited_before_followed += 1;
+                    continue;
+                }
+            };
+            match self.follow_child(process.clone(), parent) {
+                Ok(()) => {
+                    self.forks.followed += 1;
+                    followed.push((child, parent));
+                }
+                // Ended while memmon attached: the common end of a fork storm's child.
+                Err(_) if process.exiting() => {
+                    self.forks.exited_before_followed += 1;
+                }
+                Err(err) => {
+                    self.forks.failed += 1;
+                    log::warn!("pid {child}, forked by pid {parent}, is not followed: {err:#}");
+                }
+            }
+        }
+        Ok(followed)
+    }
+
+    fn follow_child(&mut self, process: Process, parent: u32) -> Result<()> {
+        let pid = process.pid;
+        if self.targets.iter().any(|t| t.process.pid == pid) {
+            bail!("pid {pid} still names a target that exited (kept for its final numbers)");
+        }
+        let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let inherited = self
+            .targets
+            .iter()
+            .find(|t| t.process.pid == parent)
+            .filter(|_| exe(pid).is_some() && exe(pid) == exe(parent))
+            .map(|t| t.allocator.clone());
+        let allocator = match inherited {
+            Some(allocator) => allocator,
+            None => Allocator::find(&process, self.options.optimize_probe_sites)?,
+        };
+        if let Err(err) = self.add_target(process, allocator) {
+            // Nothing half-done: whatever add_target got to is undone.
+            self.forget_target(pid);
+            return Err(err);
+        }
+        if let Some(target) = self.targets.iter_mut().find(|t| t.process.pid == pid) {
+            target.parent = Some(parent);
+        }
+        Ok(())
+    }
+
+    /// Retires the followed children that exited: their probes are detached and their entries
+    /// leave the kernel tables (live blocks, mappings, sites, stacks, unwind and interpreter
+    /// entries). Returns what each still held.
+    pub fn retire_exited_children(&mut self) -> Result<Vec<ChildExit>> {
+        let gone: Vec<(u32, u32, String)> = self
+            .targets
+            .iter()
+            .filter(|t| t.parent.is_some() && !t.process.is_alive())
+            .map(|t| (t.process.pid, t.parent.unwrap_or(0), t.process.comm.clone()))
+            .collect();
+        if gone.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pids: Vec<u32> = gone.iter().map(|(pid, _, _)| *pid).collect();
+        let held = drop_blocks_of(&mut self.ebpf, "LIVE", &pids)?;
+        drop_blocks_of(&mut self.ebpf, "MAPPINGS", &pids)?;
+        self.drop_sites_of(&pids)?;
+        let mut exits = Vec::new();
+        for (pid, parent, comm) in gone {
+            self.forget_target(pid);
+            let (held_bytes, held_blocks) = held.get(&pid).copied().unwrap_or((0, 0));
+            let exit = ChildExit { pid, parent, comm, held_bytes, held_blocks };
+            self.forks.record_exit(exit.clone());
+            exits.push(exit);
+        }
+        Ok(exits)
+    }
+
+    /// Drops `pid` from the tracer and its per-process kernel entries (not its blocks).
+    fn forget_target(&mut self, pid: u32) {
+        if let Some(links) = self.allocator_links.as_mut() {
+            let (theirs, kept): (Vec<ProbeLink>, Vec<ProbeLink>) = links.drain(..).partition(|l| l.pid == pid);
+            *links = kept;
+            detach_links_in_background(theirs);
+        }
+        if let Some(Ok(mut table)) = self.ebpf.map_mut("TARGETS").map(BpfHashMap::<_, u32, ProcessMemory>::try_from) {
+            let _ = table.remove(&pid);
+        }
+        if let Some(Ok(mut table)) = self.ebpf.map_mut("PYTHON_TARGETS").map(BpfHashMap::<_, u32, PythonProcess>::try_from) {
+            let _ = table.remove(&pid);
+        }
+        self.unwind.forget_process(pid);
+        self.code_maps_seen.remove(&pid);
+        self.targets.retain(|t| t.process.pid != pid);
+    }
+
+    /// Removes the heap and mapping sites of `pids`, and their stacks.
+    fn drop_sites_of(&mut self, pids: &[u32]) -> Result<()> {
+        let mut ids: Vec<u64> = Vec::new();
+        {
+            let stacks: BpfHashMap<_, u64, StackTrace> =
+                BpfHashMap::try_from(self.ebpf.map("STACKS").context("STACKS map")?)?;
+            for map in ["SITES", "MAPPING_SITES"] {
+                let sites: BpfHashMap<_, u64, SiteStats> =
+                    BpfHashMap::try_from(self.ebpf.map(map).with_context(|| format!("{map} map"))?)?;
+                for id in sites.keys().filter_map(|id| id.ok()) {
+                    let pid = match self.stacks.get(&id) {
+                        Some((pid, ..)) => *pid,
+                        None => stacks.get(&id, 0).map_or(0, |stack| stack.tgid),
+                    };
+                    if pids.contains(&pid) {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        for map in ["SITES", "MAPPING_SITES"] {
+            let mut sites: BpfHashMap<_, u64, SiteStats> =
+                BpfHashMap::try_from(self.ebpf.map_mut(map).with_context(|| format!("{map} map"))?)?;
+            for id in &ids {
+                let _ = sites.remove(id);
+            }
+        }
+        let mut stacks: BpfHashMap<_, u64, StackTrace> =
+            BpfHashMap::try_from(self.ebpf.map_mut("STACKS").context("STACKS map")?)?;
+        for id in &ids {
+            let _ = stacks.remove(id);
+            self.stacks.remove(id);
+        }
+        Ok(())
     }
 
     /// The kernel's per-process record of `pid`.
@@ -805,36 +981,57 @@ fn attach_lifecycle(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
+/// The fork follower (`forks`): task:task_newtask names the targets' new children.
+fn attach_fork_follower(ebpf: &mut Ebpf) -> Result<()> {
+    let mut enabled: Array<_, u32> = Array::try_from(ebpf.map_mut("FOLLOW_FORKS").context("FOLLOW_FORKS map")?)?;
+    enabled.set(0, 1, 0)?;
+    let program: &mut TracePoint =
+        ebpf.program_mut("process_fork").ok_or_else(|| anyhow!("eBPF program process_fork missing"))?.try_into()?;
+    program.load().context("verifier rejected the task_newtask program")?;
+    program.attach("task", "task_newtask").context("attaching to tracepoint task:task_newtask")?;
+    Ok(())
+}
+
+/// Removes from a block table (LIVE or MAPPINGS) every entry of `pids`; returns their bytes
+/// and count by pid. One batched pass.
+fn drop_blocks_of(ebpf: &mut Ebpf, table: &str, pids: &[u32]) -> Result<HashMap<u32, (u64, u64)>> {
+    remove_blocks(ebpf, table, |key| pids.contains(&key.tgid))
+}
+
 /// Removes from a block table (LIVE or MAPPINGS) the entries of `pid` made in images other
 /// than `image` (an exec left them behind); returns their bytes and count. One batched pass.
 fn drop_other_images(ebpf: &mut Ebpf, table: &str, pid: u32, image: u64) -> Result<(u64, u64)> {
+    let removed = remove_blocks(ebpf, table, |key| key.tgid == pid && u64::from(key.image) != image)?;
+    Ok(removed.get(&pid).copied().unwrap_or((0, 0)))
+}
+
+/// Removes the entries of a block table (LIVE or MAPPINGS) whose key `doomed` picks; returns
+/// their bytes and count by pid. One batched pass where the kernel allows it.
+fn remove_blocks(ebpf: &mut Ebpf, table: &str, doomed: impl Fn(&LiveKey) -> bool) -> Result<HashMap<u32, (u64, u64)>> {
     let map = ebpf.map_mut(table).with_context(|| format!("{table} map"))?;
     let mut stale: Vec<(LiveKey, u64)> = Vec::new();
-    let keep = |key: &LiveKey, block: &LiveAlloc, stale: &mut Vec<(LiveKey, u64)>| {
-        if key.tgid == pid && u64::from(key.image) != image {
-            stale.push((*key, block.size));
-        }
-    };
     let batched = match &*map {
-        Map::HashMap(data) => crate::batch::for_each_entry::<LiveKey, LiveAlloc>(data.fd().as_fd(), 8192, |key, block| keep(key, block, &mut stale))
-            .map_err(|err| log::debug!("{err}; reading {table} entry by entry")),
+        Map::HashMap(data) => crate::batch::for_each_entry::<LiveKey, LiveAlloc>(data.fd().as_fd(), 8192, |key, block| {
+            if doomed(key) {
+                stale.push((*key, block.size));
+            }
+        })
+        .map_err(|err| log::debug!("{err}; reading {table} entry by entry")),
         _ => Err(()),
     };
     let mut blocks: BpfHashMap<_, LiveKey, LiveAlloc> = BpfHashMap::try_from(map)?;
     if batched.is_err() {
-        stale.clear();
-        for (key, block) in blocks.iter().filter_map(|entry| entry.ok()) {
-            keep(&key, &block, &mut stale);
-        }
+        stale = blocks.iter().filter_map(|entry| entry.ok()).filter(|(key, _)| doomed(key)).map(|(key, block)| (key, block.size)).collect();
     }
-    let (mut bytes, mut count) = (0, 0);
+    let mut removed: HashMap<u32, (u64, u64)> = HashMap::new();
     for (key, size) in stale {
         if blocks.remove(&key).is_ok() {
-            bytes += size;
-            count += 1;
+            let (bytes, count) = removed.entry(key.tgid).or_default();
+            *bytes += size;
+            *count += 1;
         }
     }
-    Ok((bytes, count))
+    Ok(removed)
 }
 
 /// The memory syscalls' own tracepoints (syscalls:sys_{enter,exit}_{mmap,munmap,mremap,brk}):

@@ -157,6 +157,9 @@ pub struct Status {
     /// What the allocator probes are estimated to cost the targets, against the budget.
     #[serde(default)]
     pub overhead: OverheadStatus,
+    /// The targets' forks and what became of them (`--follow-forks`).
+    #[serde(default)]
+    pub forks: crate::forks::Forks,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

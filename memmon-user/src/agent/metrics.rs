@@ -31,6 +31,17 @@ fn int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// The targets' forks by outcome, and the followed children traced now.
+fn fork_metrics(registry: &Registry, forks: &crate::forks::Forks) -> Result<()> {
+    let outcomes = counter(registry, "memmon_forks_total", "Child processes the targets forked, by what memmon did (followed, exited_before_followed, over_limit, failed); with --follow-forks.", &["outcome"])?;
+    for (outcome, count) in forks.outcomes() {
+        outcomes.with_label_values(&[outcome]).inc_by(count);
+    }
+    let followed = gauge(registry, "memmon_followed_processes", "Followed children traced now (--follow-forks).", &[])?;
+    followed.with_label_values::<&str>(&[]).set(int(forks.alive));
+    Ok(())
+}
+
 /// The tier, the capture windows and the overhead estimate against the budget.
 fn capture_metrics(registry: &Registry, capture: &crate::wire::CaptureStatus, overhead: &crate::wire::OverheadStatus) -> Result<()> {
     let tier = gauge(registry, "memmon_tier", "The agent's tier (value 1): exact, or always-on with capture windows.", &["tier"])?;
@@ -128,6 +139,7 @@ pub fn render(agent: &mut Agent) -> Result<String> {
     unwind_metrics(&registry, &agent.unwind_stats())?;
     let status = agent.status();
     capture_metrics(&registry, &status.capture, &status.overhead)?;
+    fork_metrics(&registry, &status.forks)?;
 
     let snapshot = agent.snapshot().clone();
     let top_k = agent.config().metrics_top_sites as usize;

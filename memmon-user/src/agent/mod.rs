@@ -197,6 +197,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                     .with(|agent| {
                         // Code mapped since the last look (dlopen) gets unwind tables within a tick.
                         agent.refresh_code_mappings();
+                        agent.retire_children();
                         let gone = agent.tracer().targets().iter().all(|t| !t.process.is_alive());
                         gone.then(|| agent.refresh().map(|()| final_report(agent)))
                     })

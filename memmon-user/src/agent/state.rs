@@ -45,6 +45,8 @@ pub struct Agent {
     leaks_detected: BTreeMap<(u32, String, String), u64>,
     profiler: profiling::Profiler,
     capture: capture::Capture,
+    /// Lines printed about followed forks so far (a fork storm is counted, not printed).
+    fork_lines: u64,
 }
 
 impl Agent {
@@ -84,6 +86,7 @@ impl Agent {
             leaks_detected: BTreeMap::new(),
             profiler: profiling::Profiler::new(profile_dir),
             capture,
+            fork_lines: 0,
         };
         agent.start_overhead_accounting();
         agent.refresh()?;
@@ -101,12 +104,59 @@ impl Agent {
     /// Brings the unwind tables up to date with code the targets mapped since the last look,
     /// and follows the targets that exec'ed since (every liveness tick, 250 ms).
     pub fn refresh_code_mappings(&mut self) {
+        self.follow_forks();
         self.follow_execs();
         if let Err(err) = self.tracer.refresh_code_mappings() {
             log::warn!("refreshing code mappings failed: {err:#}");
         }
         for (pid, object) in self.tracer.take_probed_later() {
             eprintln!("memmon: pid {pid} mapped code with allocator functions; probing {}", object.describe());
+        }
+    }
+
+    /// Attaches to the children the targets forked since the last look (`--follow-forks`).
+    fn follow_forks(&mut self) {
+        match self.tracer.follow_forks() {
+            Ok(children) => {
+                for (child, parent) in children {
+                    self.symbolizer.observe(child);
+                    self.announce_fork(format!("memmon: following pid {child}, forked by pid {parent}"));
+                }
+            }
+            Err(err) => log::warn!("following the targets' forks failed: {err:#}"),
+        }
+    }
+
+    /// Retires the followed children that exited (every liveness tick, 250 ms): what they
+    /// held at exit is kept in `status`, the rest leaves the tables.
+    pub fn retire_children(&mut self) {
+        let exits = match self.tracer.retire_exited_children() {
+            Ok(exits) => exits,
+            Err(err) => {
+                log::warn!("retiring the followed children that exited failed: {err:#}");
+                return;
+            }
+        };
+        for exit in exits {
+            self.detector.forget(exit.pid);
+            self.symbolizer.forget(exit.pid);
+            self.memory.remove(&exit.pid);
+            self.alive.remove(&exit.pid);
+            self.announce_fork(format!(
+                "memmon: followed pid {} ({}) exited holding {} B in {} blocks",
+                exit.pid, exit.comm, exit.held_bytes, exit.held_blocks
+            ));
+        }
+    }
+
+    fn announce_fork(&mut self, line: String) {
+        const PRINTED: u64 = 20;
+        self.fork_lines += 1;
+        if self.fork_lines <= PRINTED {
+            eprintln!("{line}");
+        }
+        if self.fork_lines == PRINTED {
+            eprintln!("memmon: further followed forks are counted in `memmon status`, not printed");
         }
     }
 
@@ -318,6 +368,7 @@ impl Agent {
             unwind: self.unwind_stats(),
             capture: self.capture_status(),
             overhead: self.overhead_status(),
+            forks: self.tracer.forks(),
             tracked_functions: self.snapshot.functions.iter().map(tracked_function).collect(),
         }
     }
