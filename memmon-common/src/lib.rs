@@ -384,7 +384,8 @@ pub enum Loss {
     StackTableFull = 2,
     /// A stack hash collided with different stacks in every probe slot (counted as "unknown").
     StackHashCollision = 3,
-    /// The site statistics table is full; the allocation is not tracked.
+    /// The allocation has no site to count under: the site statistics table is full, or the
+    /// stack table has no room even for the unknown-stack site. It is not tracked.
     SiteTableFull = 4,
     /// An allocator return with no recorded entry (e.g. the call began before attach).
     ReturnWithoutEntry = 5,

@@ -228,8 +228,9 @@ fn count_untracked_free(tgid: u32) {
 fn record(regs: stack::UserRegs, thread: u64, addr: u64, size: u64) {
     let tgid = (thread >> 32) as u32;
     let image = image_of(tgid);
+    // No site at all, not even the unknown-stack one (the stack table is full): untracked.
     let Some(site) = stack::current_site(regs, tgid, image) else {
-        lose(Loss::StackCaptureFailed);
+        lose(Loss::SiteTableFull);
         return;
     };
     let Some(stats) = site_counters(&SITES, site) else {

@@ -194,6 +194,9 @@ fn status_text(status: &Status) -> String {
             status.events_lost.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
         let _ = writeln!(out, "  events lost (numbers may be low): {}", listed.join(", "));
     }
+    if let Some(line) = status.completeness.line() {
+        let _ = writeln!(out, "  {line}");
+    }
     out
 }
 
@@ -467,6 +470,9 @@ fn summary_text(summary: &MemorySummary) -> String {
         human_bytes(summary.peak_rss_bytes),
         human_bytes(summary.virtual_bytes)
     );
+    if let Some(line) = summary.completeness.line() {
+        let _ = writeln!(out, "{line}");
+    }
     if !summary.top_sites.is_empty() {
         let _ = writeln!(out, "\ntop sites by live bytes:");
         let views: Vec<SiteView> = summary

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod allocator;
 pub mod batch;
 pub mod commands;
+pub mod completeness;
 pub mod config;
 pub mod control;
 pub mod forks;

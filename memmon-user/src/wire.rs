@@ -134,6 +134,9 @@ pub struct Status {
     /// "exact": every allocation is tracked (no sampling).
     pub mode: String,
     pub events_lost: BTreeMap<String, u64>,
+    /// Whether the numbers are whole, from the events lost.
+    #[serde(default)]
+    pub completeness: crate::completeness::Completeness,
     pub targets: Vec<TargetStatus>,
     pub snapshots: u64,
     pub last_snapshot_age_seconds: Option<f64>,
@@ -395,6 +398,9 @@ pub struct MemorySummary {
     pub by_module: Vec<Bucket>,
     pub processes: Vec<ProcessSummary>,
     pub events_lost: BTreeMap<String, u64>,
+    /// Whether the numbers above are whole, from the events lost.
+    #[serde(default)]
+    pub completeness: crate::completeness::Completeness,
     pub snapshot_age_seconds: f64,
     /// Per-call memory of the tracked functions, with the stacks allocating inside each.
     #[serde(default)]

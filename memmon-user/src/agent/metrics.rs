@@ -140,6 +140,9 @@ pub fn render(agent: &mut Agent) -> Result<String> {
     let status = agent.status();
     capture_metrics(&registry, &status.capture, &status.overhead)?;
     fork_metrics(&registry, &status.forks)?;
+    let complete = gauge(&registry, "memmon_data_complete", "1 while the numbers are whole, 0 once events were lost: scope totals (allocations or frees missing) or stacks (bytes under the unknown-stack site).", &["scope"])?;
+    complete.with_label_values(&["totals"]).set(i64::from(status.completeness.totals_complete));
+    complete.with_label_values(&["stacks"]).set(i64::from(status.completeness.stacks_complete));
 
     let snapshot = agent.snapshot().clone();
     let top_k = agent.config().metrics_top_sites as usize;

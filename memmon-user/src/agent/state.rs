@@ -355,6 +355,7 @@ impl Agent {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             mode: self.config.tier.name().into(),
             events_lost: self.events_lost(),
+            completeness: crate::completeness::assess(&self.events_lost()),
             targets,
             snapshots: self.snapshots,
             last_snapshot_age_seconds: Some(self.snapshot_at.elapsed().as_secs_f64()),
@@ -466,6 +467,7 @@ impl Agent {
             by_module,
             processes,
             events_lost: self.events_lost(),
+            completeness: crate::completeness::assess(&self.events_lost()),
             snapshot_age_seconds: self.snapshot_at.elapsed().as_secs_f64(),
             tracked_functions: self.tracked_functions_with_sites(self.config.top as usize),
         })
@@ -506,13 +508,15 @@ impl Agent {
             ),
         );
         let losses = self.snapshot.total_losses();
+        let completeness = crate::completeness::assess(&self.events_lost());
+        let verdict = completeness.line().map_or_else(String::new, |line| format!("; {line}"));
         check(
             "losses",
-            if self.losses_growing { "degraded" } else { "ok" },
+            if self.losses_growing || !completeness.totals_complete { "degraded" } else { "ok" },
             if self.losses_growing {
-                format!("{losses} events lost so far, and still growing")
+                format!("{losses} events lost so far, and still growing{verdict}")
             } else {
-                format!("{losses} events lost, not growing")
+                format!("{losses} events lost, not growing{verdict}")
             },
         );
         let overhead = self.overhead_status();
