@@ -8,6 +8,8 @@ pub mod batch;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod durations;
+pub mod fuzzing;
 pub mod launch;
 pub mod overhead;
 pub mod leaks;
