@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Result, bail};
 
 use crate::{
+    durations,
     leaks::Thresholds,
     tracer::{Capacity, TracerOptions},
     track::{self, Spec, TrackConfig},
@@ -153,14 +154,40 @@ pub struct AgentConfig {
     #[arg(long, env = "MEMMON_MAX_PROFILE_SIZE_MB", default_value = "100", allow_negative_numbers = true, value_parser = positive("MEMMON_MAX_PROFILE_SIZE_MB"))]
     pub max_profile_size_mb: f64,
     /// Longest profiling session a client may ask for (minutes); sessions default to 10.
-    #[arg(long, env = "MEMMON_MAX_PROFILE_DURATION_MINUTES", default_value = "60", allow_negative_numbers = true, value_parser = positive("MEMMON_MAX_PROFILE_DURATION_MINUTES"))]
+    #[arg(long, env = "MEMMON_MAX_PROFILE_DURATION_MINUTES", default_value = "60", allow_negative_numbers = true, value_parser = span("MEMMON_MAX_PROFILE_DURATION_MINUTES", "minutes", 60.0, Zero::Refused))]
     pub max_profile_duration_minutes: f64,
     /// `cleanup-profiles` (and the agent, hourly) removes profiles older than this (days).
-    #[arg(long, env = "MEMMON_PROFILING_CLEANUP_DAYS", default_value = "7", allow_negative_numbers = true, value_parser = non_negative("MEMMON_PROFILING_CLEANUP_DAYS"))]
+    #[arg(long, env = "MEMMON_PROFILING_CLEANUP_DAYS", default_value = "7", allow_negative_numbers = true, value_parser = span("MEMMON_PROFILING_CLEANUP_DAYS", "days", 86_400.0, Zero::Allowed))]
     pub profiling_cleanup_days: f64,
 }
 
+/// `AgentConfig` as a command of its own, for `AgentConfig::from_args`.
+#[derive(clap::Parser)]
+struct AgentArgs {
+    #[command(flatten)]
+    config: AgentConfig,
+}
+
 impl AgentConfig {
+    /// The options alone, as a clap command (what `from_args` parses).
+    pub fn command() -> clap::Command {
+        <AgentArgs as clap::CommandFactory>::command()
+    }
+
+    /// The configuration from these arguments (`argv[0]` first) and the MEMMON_* environment,
+    /// preset applied, as `memmon agent` reads it: for tests and the fuzz targets, which must
+    /// see the very parsing the agent does.
+    pub fn from_args<I, T>(argv: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(argv)?;
+        let mut config = <AgentArgs as clap::FromArgMatches>::from_arg_matches(&matches)?.config;
+        config.apply_preset(|id| matches.value_source(id) == Some(clap::parser::ValueSource::DefaultValue));
+        Ok(config)
+    }
+
     /// Applies the preset to every option still at its default: `is_default(id)` says whether
     /// the option with that clap id was left to its default (neither given nor in the
     /// environment).
@@ -248,11 +275,11 @@ impl AgentConfig {
     }
 
     pub fn max_profile_duration(&self) -> Duration {
-        Duration::from_secs_f64(self.max_profile_duration_minutes * 60.0)
+        durations::of(self.max_profile_duration_minutes, 60.0).expect("bounded by its value parser")
     }
 
     pub fn profiling_cleanup_age(&self) -> Duration {
-        Duration::from_secs_f64(self.profiling_cleanup_days * 86_400.0)
+        durations::of(self.profiling_cleanup_days, 86_400.0).expect("bounded by its value parser")
     }
 }
 
@@ -298,10 +325,11 @@ fn track_spec(text: &str) -> Result<Spec, String> {
     text.parse::<Spec>().map_err(|why| format!("{why} (MEMMON_TRACK_FUNCTIONS)"))
 }
 
-/// A whole number of seconds, at least 1.
+/// A whole number of seconds, at least 1 (and at most `durations::MAX_SECONDS`).
 fn seconds(variable: &'static str) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
     move |text| match text.trim().parse::<u64>() {
         Ok(0) => Err(format!("must be at least 1 second ({variable})")),
+        Ok(value) if value > durations::MAX_SECONDS => Err(too_long(variable)),
         Ok(value) => Ok(value),
         Err(_) => Err(format!("must be a whole number of seconds ({variable})")),
     }
@@ -309,7 +337,37 @@ fn seconds(variable: &'static str) -> impl Fn(&str) -> Result<u64, String> + Clo
 
 /// Whole seconds, 0 meaning "none".
 fn seconds_or_none(variable: &'static str) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
-    move |text| text.trim().parse::<u64>().map_err(|_| format!("must be a whole number of seconds, 0 for none ({variable})"))
+    move |text| match text.trim().parse::<u64>() {
+        Ok(value) if value > durations::MAX_SECONDS => Err(too_long(variable)),
+        Ok(value) => Ok(value),
+        Err(_) => Err(format!("must be a whole number of seconds, 0 for none ({variable})")),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Zero {
+    Allowed,
+    Refused,
+}
+
+/// A number of `unit`s, ≥ 0 (or > 0), at most `durations::MAX_SECONDS` long.
+fn span(
+    variable: &'static str,
+    unit: &'static str,
+    unit_seconds: f64,
+    zero: Zero,
+) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    let least = if zero == Zero::Allowed { "≥ 0" } else { "> 0" };
+    move |text| match text.trim().parse::<f64>() {
+        Ok(value) if value == 0.0 && zero == Zero::Refused => Err(format!("must be a number of {unit} {least} ({variable})")),
+        Ok(value) if durations::of(value, unit_seconds).is_some() => Ok(value),
+        Ok(value) if value.is_finite() && value > 0.0 => Err(too_long(variable)),
+        _ => Err(format!("must be a number of {unit} {least} ({variable})")),
+    }
+}
+
+fn too_long(variable: &str) -> String {
+    format!("must be at most {} ({variable})", durations::MAX_DESCRIBED)
 }
 
 /// A finite number > 0.
@@ -341,23 +399,12 @@ fn non_negative(variable: &'static str) -> impl Fn(&str) -> Result<f64, String> 
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        config: AgentConfig,
-    }
 
     fn parse(args: &[&str]) -> Result<AgentConfig, String> {
         let mut argv = vec!["memmon", "--profiling-enabled", "false"];
         argv.extend_from_slice(args);
-        let matches = <Cli as clap::CommandFactory>::command().try_get_matches_from(argv).map_err(|e| e.to_string())?;
-        let mut config = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).map_err(|e| e.to_string())?.config;
-        config.apply_preset(|id| matches.value_source(id) == Some(clap::parser::ValueSource::DefaultValue));
-        Ok(config)
+        AgentConfig::from_args(argv).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -410,6 +457,24 @@ mod tests {
         assert_eq!(config.max_profile_bytes(), 100 * 1024 * 1024);
         assert_eq!(config.max_profile_duration(), Duration::from_secs(3600));
         assert_eq!(config.profiling_cleanup_age(), Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn durations_past_a_hundred_years_are_refused() {
+        for (option, variable) in [
+            ("--max-profile-duration-minutes=1e300", "MEMMON_MAX_PROFILE_DURATION_MINUTES"),
+            ("--profiling-cleanup-days=36501", "MEMMON_PROFILING_CLEANUP_DAYS"),
+            ("--capture-cooldown=18446744073709551615", "MEMMON_CAPTURE_COOLDOWN"),
+            ("--capture-window=3153600001", "MEMMON_CAPTURE_WINDOW"),
+        ] {
+            let err = parse(&["--pid", "1", option]).unwrap_err();
+            assert!(err.contains(&format!("must be at most 100 years ({variable})")), "{option}: {err}");
+        }
+        let longest = parse(&["--pid", "1", "--max-profile-duration-minutes", "52560000"]).unwrap();
+        assert_eq!(longest.max_profile_duration(), Duration::from_secs(crate::durations::MAX_SECONDS));
+        let err = parse(&["--pid", "1", "--max-profile-duration-minutes", "0"]).unwrap_err();
+        assert!(err.contains("minutes > 0 (MEMMON_MAX_PROFILE_DURATION_MINUTES)"), "{err}");
+        assert_eq!(parse(&["--pid", "1", "--profiling-cleanup-days", "0"]).unwrap().profiling_cleanup_age(), Duration::ZERO);
     }
 
     #[test]

@@ -4,20 +4,16 @@
 
 use axum::{
     Json, Router,
-    extract::{
-        Path, Query, State,
-        rejection::{PathRejection, QueryRejection},
-    },
-    http::{StatusCode, header},
+    extract::{Path, State, rejection::PathRejection},
+    http::{StatusCode, Uri, header},
     middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::Deserialize;
-
 use super::{
     Handle,
     access::{self, Access, AuditNote, Peer},
+    requests::{self, StartRequest},
     state::Refusal,
 };
 use crate::wire::{ApiError, Profiles};
@@ -89,19 +85,9 @@ async fn health(State(agent): State<Handle>) -> Response {
     answer(&agent, |agent| Ok(agent.health())).await
 }
 
-/// `verbose` is accepted (the command sends it) but changes nothing here: the JSON always
-/// carries every number and frame; only the command's text rendering differs.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LeaksQuery {
-    #[serde(default, rename = "verbose")]
-    _verbose: bool,
-}
-
-async fn leaks(State(agent): State<Handle>, query: Result<Query<LeaksQuery>, QueryRejection>) -> Response {
-    // verbose only changes the text rendering; the JSON always carries every number and frame.
-    if let Err(rejection) = query {
-        return error(StatusCode::BAD_REQUEST, format!("bad query: {}", rejection.body_text()));
+async fn leaks(State(agent): State<Handle>, uri: Uri) -> Response {
+    if let Err(message) = requests::leaks(&uri) {
+        return error(StatusCode::BAD_REQUEST, message);
     }
     answer(&agent, |agent| Ok(agent.leaks())).await
 }
@@ -170,23 +156,10 @@ fn profile_id(path: Result<Path<String>, PathRejection>) -> Result<String, Strin
     path.map(|Path(id)| id).map_err(|rejection| format!("bad profile id: {}", rejection.body_text()))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StartQuery {
-    duration_minutes: Option<f64>,
-    /// Comma-separated; every traced process when absent.
-    pids: Option<String>,
-}
-
-async fn start_profiling(State(agent): State<Handle>, query: Result<Query<StartQuery>, QueryRejection>) -> Response {
-    let (minutes, pids) = match query {
-        Ok(Query(query)) => (query.duration_minutes, query.pids),
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, format!("bad query: {}", rejection.body_text())),
-    };
-    let pids: Result<Vec<u32>, _> =
-        pids.iter().flat_map(|list| list.split(',')).map(|pid| pid.trim().parse::<u32>()).collect();
-    let Ok(pids) = pids else {
-        return error(StatusCode::BAD_REQUEST, "bad query: pids must be comma-separated process ids");
+async fn start_profiling(State(agent): State<Handle>, uri: Uri) -> Response {
+    let StartRequest { minutes, pids } = match requests::start(&uri) {
+        Ok(request) => request,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     match agent.with(move |agent| agent.start_profiling(minutes, &pids)).await {
         Ok(Ok(info)) => {
@@ -240,16 +213,10 @@ async fn download_profile(State(agent): State<Handle>, id: Result<Path<String>, 
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CleanupQuery {
-    older_than_days: Option<f64>,
-}
-
-async fn cleanup_profiles(State(agent): State<Handle>, query: Result<Query<CleanupQuery>, QueryRejection>) -> Response {
-    let days = match query {
-        Ok(Query(query)) => query.older_than_days,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, format!("bad query: {}", rejection.body_text())),
+async fn cleanup_profiles(State(agent): State<Handle>, uri: Uri) -> Response {
+    let days = match requests::cleanup(&uri) {
+        Ok(days) => days,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     profiling(&agent, StatusCode::OK, move |agent| agent.cleanup_profiles(days)).await
 }

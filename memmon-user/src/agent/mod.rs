@@ -5,6 +5,7 @@
 mod access;
 mod api;
 mod metrics;
+pub mod requests;
 pub mod report;
 pub mod state;
 

@@ -8,6 +8,7 @@ use std::{
 
 use super::Agent;
 use crate::{
+    agent::requests,
     profiles::{
         id::ProfileId,
         meta::TargetMeta,
@@ -177,19 +178,7 @@ impl Agent {
     fn requested_duration(&self, minutes: Option<f64>) -> Result<Duration, Refusal> {
         let longest = self.config.max_profile_duration();
         let Some(minutes) = minutes else { return Ok(DEFAULT_DURATION.min(longest)) };
-        if !minutes.is_finite() || minutes * 60.0 < 1.0 {
-            return Err(Refusal::BadRequest(format!(
-                "duration must be a number of minutes, at least 1 second (0.017); got {minutes}"
-            )));
-        }
-        let duration = Duration::from_secs_f64(minutes * 60.0);
-        if duration > longest {
-            return Err(Refusal::BadRequest(format!(
-                "duration {minutes} minutes is longer than MEMMON_MAX_PROFILE_DURATION_MINUTES={}",
-                self.config.max_profile_duration_minutes
-            )));
-        }
-        Ok(duration)
+        requests::session_duration(minutes, self.config.max_profile_duration_minutes).map_err(Refusal::BadRequest)
     }
 
     pub fn stop_profiling(&mut self, id: &str) -> Result<wire::ProfileInfo, Refusal> {
@@ -229,13 +218,11 @@ impl Agent {
     pub fn cleanup_profiles(&mut self, days: Option<f64>) -> Result<wire::Cleanup, Refusal> {
         let dir = self.profile_dir()?;
         let days = days.unwrap_or(self.config.profiling_cleanup_days);
-        if !days.is_finite() || days < 0.0 {
-            return Err(Refusal::BadRequest(format!("older_than_days must be a number ≥ 0; got {days}")));
-        }
+        let older_than = requests::cleanup_age(days).map_err(Refusal::BadRequest)?;
         let running: HashSet<ProfileId> =
             self.profiler.sessions.iter().filter(|s| s.is_running()).map(|s| s.id.clone()).collect();
         let cleanup = dir
-            .cleanup(Duration::from_secs_f64(days * 86_400.0), SystemTime::now(), &running)
+            .cleanup(older_than, SystemTime::now(), &running)
             .map_err(|err| Refusal::Storage(format!("cleaning {} failed: {err}", dir.path().display())))?;
         let report = wire::Cleanup {
             directory: dir.path().display().to_string(),

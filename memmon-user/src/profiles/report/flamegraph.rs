@@ -42,6 +42,11 @@ pub fn render(model: &Model, measure: Measure) -> Result<String> {
     String::from_utf8(svg).context("inferno wrote an SVG that is not UTF-8")
 }
 
+/// Drawn for a stack with no frames, which inferno would otherwise skip as a malformed line.
+const UNKNOWN_STACK: &str = "[unknown stack]";
+/// Drawn for a frame whose name is blank, likewise.
+const BLANK_NAME: &str = "[no name]";
+
 /// inferno's input: "root;…;leaf value", one line per distinct path, zero values left out.
 fn folded_stacks(model: &Model, measure: Measure) -> BTreeMap<String, u64> {
     let mut folded = BTreeMap::new();
@@ -56,14 +61,22 @@ fn folded_stacks(model: &Model, measure: Measure) -> BTreeMap<String, u64> {
         if let Some(frame) = stack.allocating_frame().filter(|f| f.file.is_some()) {
             names.push(frame_name(&frame.location()));
         }
-        *folded.entry(names.join(";")).or_insert(0) += value;
+        if names.is_empty() {
+            names.push(UNKNOWN_STACK.into());
+        }
+        let sum = folded.entry(names.join(";")).or_insert(0u64);
+        *sum = sum.saturating_add(value);
     }
     folded
 }
 
-/// A name inferno's folded format can carry: `;` separates frames and a line ends the stack.
+/// A name inferno's folded format can carry: `;` separates frames, a line ends the stack, and a
+/// blank frame would be dropped.
 fn frame_name(name: &str) -> String {
-    name.replace(';', ",").replace(['\n', '\r'], " ")
+    match name.trim().is_empty() {
+        true => BLANK_NAME.into(),
+        false => name.replace(';', ",").replace(['\n', '\r'], " "),
+    }
 }
 
 /// Both totals, whichever the graph shows.
@@ -145,6 +158,20 @@ mod tests {
     #[test]
     fn frame_names_cannot_break_the_folded_format() {
         assert_eq!(frame_name("drop<[u8; 8]>\n"), "drop<[u8, 8]> ");
+        assert_eq!(frame_name(" \t"), BLANK_NAME);
+    }
+
+    #[test]
+    fn a_stack_without_frames_is_drawn() {
+        // Found by the pprof_report fuzz target: inferno refused the line " 4325376" with "No
+        // stack counts found", so `memmon report flamegraph` failed on a valid profile.
+        let mut model = fixtures::model();
+        model.stacks.retain(|stack| stack.values.inuse_space > 0);
+        for stack in &mut model.stacks {
+            stack.frames.clear();
+        }
+        let svg = render(&model, Measure::default()).unwrap();
+        assert!(svg.contains("<title>[unknown stack] (105,800 bytes, 100.00%)</title>"), "{svg}");
     }
 
     #[test]

@@ -74,24 +74,27 @@ pub struct ReportArgs {
 /// Reads the profile, renders the view, writes it out.
 pub fn run(args: &ReportArgs) -> Result<ExitCode> {
     let model = load(&args.file)?;
-    let measure = Measure { sample: args.sample, by: args.by };
-    let top = |default| args.top.map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    let text = match args.view {
-        View::Flamegraph => {
-            if args.output.is_none() && std::io::stdout().is_terminal() {
-                bail!("the flame graph is an SVG: give --output FILE.svg, or redirect standard output to a file");
-            }
-            flamegraph::render(&model, measure)?
-        }
-        View::Table => table::render(&model, measure, top(TABLE_TOP)),
-        View::Tree => tree::render(&model, measure, args.min_percent),
-        View::Summary => summary::render(&model, top(SUMMARY_TOP)),
-    };
+    if args.view == View::Flamegraph && args.output.is_none() && std::io::stdout().is_terminal() {
+        bail!("the flame graph is an SVG: give --output FILE.svg, or redirect standard output to a file");
+    }
+    let text = render(&model, args)?;
     match &args.output {
         Some(path) => std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?,
         None => std::io::stdout().lock().write_all(text.as_bytes()).context("cannot write to standard output")?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The view `args` asks for, as text (pure: `run` does the reading and writing).
+pub fn render(model: &Model, args: &ReportArgs) -> Result<String> {
+    let measure = Measure { sample: args.sample, by: args.by };
+    let top = |default| args.top.map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    Ok(match args.view {
+        View::Flamegraph => flamegraph::render(model, measure)?,
+        View::Table => table::render(model, measure, top(TABLE_TOP)),
+        View::Tree => tree::render(model, measure, args.min_percent),
+        View::Summary => summary::render(model, top(SUMMARY_TOP)),
+    })
 }
 
 /// Reads and decodes a profile file.

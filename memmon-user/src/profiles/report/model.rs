@@ -21,7 +21,8 @@ use crate::{
 /// The four Go heap sample types, by the names the views read.
 const SAMPLE_TYPES: [&str; 4] = ["alloc_objects", "alloc_space", "inuse_objects", "inuse_space"];
 
-/// One stack's numbers. Negative pprof values (a diff of two profiles) count as zero.
+/// One stack's numbers. Negative pprof values (a diff of two profiles) count as zero; sums
+/// saturate, since a file may hold any value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Values {
     /// Allocations made during the window.
@@ -36,10 +37,10 @@ pub struct Values {
 
 impl std::ops::AddAssign for Values {
     fn add_assign(&mut self, other: Self) {
-        self.alloc_objects += other.alloc_objects;
-        self.alloc_space += other.alloc_space;
-        self.inuse_objects += other.inuse_objects;
-        self.inuse_space += other.inuse_space;
+        self.alloc_objects = self.alloc_objects.saturating_add(other.alloc_objects);
+        self.alloc_space = self.alloc_space.saturating_add(other.alloc_space);
+        self.inuse_objects = self.inuse_objects.saturating_add(other.inuse_objects);
+        self.inuse_space = self.inuse_space.saturating_add(other.inuse_space);
     }
 }
 
