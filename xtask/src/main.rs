@@ -1,4 +1,4 @@
-//! memmon's developer tasks: `cargo xtask setup|build|run|test`.
+//! memmon's developer tasks: `cargo xtask setup|build|run|test|bench|soak`.
 
 mod setup;
 
@@ -42,6 +42,17 @@ enum Task {
     /// Measure memmon's costs against baselines of the same run: allocation pairs, redis, scrapes,
     /// the stack walk, `memmon run` against valgrind (needs root).
     Bench,
+    /// Soak: `memmon agent` on a target allocating ~100k blocks/s with churn and a slow leak,
+    /// a second memmon on the agent; a row per sample, a verdict, non-zero exit on failure
+    /// (needs root).
+    Soak {
+        /// How long to run.
+        #[arg(long, default_value_t = 60.0)]
+        minutes: f64,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 60)]
+        sample_seconds: u64,
+    },
     /// Run the unit and integration tests (integration tests need root: they load eBPF).
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
@@ -72,6 +83,11 @@ fn run(task: Task) -> Result<()> {
             cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-python"], &[])?;
             cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-launch"], &[])?;
             cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-production"], &[])
+        }
+        Task::Soak { minutes, sample_seconds } => {
+            build(Scope::Test)?;
+            let args = ["--minutes".to_string(), minutes.to_string(), "--sample-seconds".into(), sample_seconds.to_string()];
+            cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-soak", "--"], &args)
         }
         Task::Test { args } => {
             build(Scope::Test)?;
