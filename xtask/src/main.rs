@@ -86,8 +86,17 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Soak { minutes, sample_seconds } => {
             build(Scope::Test)?;
-            let args = ["--minutes".to_string(), minutes.to_string(), "--sample-seconds".into(), sample_seconds.to_string()];
-            cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-soak", "--"], &args)
+            // The binary `cargo build --release` just built: `cargo run --package` would resolve
+            // the workspace's features for that package alone and build the library again.
+            let soak = workspace_root().join("target/release/memmon-soak");
+            let status = Command::new(&soak)
+                .args(["--minutes", &minutes.to_string(), "--sample-seconds", &sample_seconds.to_string()])
+                .status()
+                .with_context(|| format!("cannot run {}", soak.display()))?;
+            if !status.success() {
+                bail!("the soak failed ({status})");
+            }
+            Ok(())
         }
         Task::Test { args } => {
             build(Scope::Test)?;

@@ -187,6 +187,16 @@ fn agent_rss_bytes(pid: u32) -> u64 {
     memmon::process::Process::open(pid).ok().and_then(|p| p.memory()).expect("the agent's /proc/PID/status").rss_bytes
 }
 
+/// RssAnon from /proc/PID/status, bytes.
+fn agent_anon_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the agent's /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
 fn lost(status: &wire::Status) -> u64 {
     status.events_lost.values().sum()
 }
@@ -234,6 +244,7 @@ fn take_sample(
     Sample {
         at_seconds: now.duration_since(started).as_secs_f64(),
         agent_rss_bytes: agent_rss_bytes(agent.pid()),
+        agent_anon_bytes: agent_anon_bytes(agent.pid()),
         agent_cpu_seconds: cpu - then_cpu,
         target_rate: (before.allocations - then_stats.allocations) as f64 / now.duration_since(then).as_secs_f64(),
         lost_events: lost(&get(agent, "/status")),
@@ -283,8 +294,8 @@ fn finish(config: &Config, target: &mut Target, agent: &Agent, watcher: &Agent) 
 
 fn header() -> String {
     format!(
-        "{:>7} {:>9} {:>8} {:>10} {:>5} {:>5} {:>10} {:>10} {:>9} {:>6}",
-        "t (s)", "RSS MiB", "CPU s", "allocs/s", "lost", "lost2", "leak B", "truth B", "leak flag", "agent?"
+        "{:>7} {:>9} {:>9} {:>8} {:>10} {:>5} {:>5} {:>10} {:>10} {:>9} {:>6}",
+        "t (s)", "RSS MiB", "anon MiB", "CPU s", "allocs/s", "lost", "lost2", "leak B", "truth B", "leak flag", "agent?"
     )
 }
 
@@ -295,9 +306,10 @@ fn row(s: &Sample) -> String {
         format!("{}+", s.leak_truth_before)
     };
     format!(
-        "{:>7.0} {:>9.1} {:>8.2} {:>10.0} {:>5} {:>5} {:>10} {:>10} {:>9} {:>6}",
+        "{:>7.0} {:>9.2} {:>9.2} {:>8.2} {:>10.0} {:>5} {:>5} {:>10} {:>10} {:>9} {:>6}",
         s.at_seconds,
         s.agent_rss_bytes as f64 / (1024.0 * 1024.0),
+        s.agent_anon_bytes as f64 / (1024.0 * 1024.0),
         s.agent_cpu_seconds,
         s.target_rate,
         s.lost_events,

@@ -10,6 +10,9 @@ pub struct Sample {
     pub at_seconds: f64,
     /// The agent's VmRSS.
     pub agent_rss_bytes: u64,
+    /// Its anonymous part (RssAnon: the heap and stacks; the rest is mostly the unwind tables'
+    /// memory-mapped BPF arrays).
+    pub agent_anon_bytes: u64,
     /// The agent's CPU time (user + system) during the interval that ends here.
     pub agent_cpu_seconds: f64,
     /// The target's allocations per second during the interval (its own count).
