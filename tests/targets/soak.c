@@ -17,7 +17,8 @@
  * line. "pause-leak" stops the leak only, "pause" everything; both answer with a stats line
  * taken after stopping. Stats line: "stats allocations=A frees=F leak_blocks=L leak_bytes=B
  * late_ticks=T" (A counts malloc, calloc and realloc calls; F counts frees of blocks, realloc's
- * of the old block included; T ticks that started more than a tick late). */
+ * of the old block included; T ticks that started more than a tick late, or were skipped after the
+ * target fell more than a second behind). */
 #define _GNU_SOURCE
 #include <poll.h>
 #include <stdio.h>
@@ -213,9 +214,13 @@ int main(int argc, char **argv)
         if (running && now >= next_tick) {
             if (next_tick && now > next_tick + TICK_NS)
                 late_ticks++;
-            /* Behind by more than a second (the machine was busy): resume the pace from now
-             * rather than burst to catch up. */
-            next_tick = (next_tick && now - next_tick < 1000000000LL ? next_tick : now) + TICK_NS;
+            /* Behind by more than a second (the machine was busy): skip the missed ticks
+             * (counted late) and resume the pace from now rather than burst to catch up. */
+            if (next_tick && now - next_tick >= 1000000000LL) {
+                late_ticks += (now - next_tick) / TICK_NS;
+                next_tick = now;
+            }
+            next_tick = (next_tick ? next_tick : now) + TICK_NS;
             for (unsigned long long i = 0; i < per_tick; i++)
                 allocate_once(n++);
             if (leaking && now >= next_leak) {

@@ -247,6 +247,7 @@ fn take_sample(
         agent_anon_bytes: agent_anon_bytes(agent.pid()),
         agent_cpu_seconds: cpu - then_cpu,
         target_rate: (before.allocations - then_stats.allocations) as f64 / now.duration_since(then).as_secs_f64(),
+        target_late_ticks: before.late_ticks - then_stats.late_ticks,
         lost_events: lost(&get(agent, "/status")),
         watcher_lost_events: lost(&get(watcher, "/status")),
         leak_reported_bytes: leak_in(&summary).0,
@@ -294,8 +295,8 @@ fn finish(config: &Config, target: &mut Target, agent: &Agent, watcher: &Agent) 
 
 fn header() -> String {
     format!(
-        "{:>7} {:>9} {:>9} {:>8} {:>10} {:>5} {:>5} {:>10} {:>10} {:>9} {:>6}",
-        "t (s)", "RSS MiB", "anon MiB", "CPU s", "allocs/s", "lost", "lost2", "leak B", "truth B", "leak flag", "agent?"
+        "{:>7} {:>9} {:>9} {:>8} {:>10} {:>5} {:>5} {:>5} {:>10} {:>10} {:>9} {:>6}",
+        "t (s)", "RSS MiB", "anon MiB", "CPU s", "allocs/s", "late", "lost", "lost2", "leak B", "truth B", "leak flag", "agent?"
     )
 }
 
@@ -306,12 +307,13 @@ fn row(s: &Sample) -> String {
         format!("{}+", s.leak_truth_before)
     };
     format!(
-        "{:>7.0} {:>9.2} {:>9.2} {:>8.2} {:>10.0} {:>5} {:>5} {:>10} {:>10} {:>9} {:>6}",
+        "{:>7.0} {:>9.2} {:>9.2} {:>8.2} {:>10.0} {:>5} {:>5} {:>5} {:>10} {:>10} {:>9} {:>6}",
         s.at_seconds,
         s.agent_rss_bytes as f64 / (1024.0 * 1024.0),
         s.agent_anon_bytes as f64 / (1024.0 * 1024.0),
         s.agent_cpu_seconds,
         s.target_rate,
+        s.target_late_ticks,
         s.lost_events,
         s.watcher_lost_events,
         s.leak_reported_bytes,

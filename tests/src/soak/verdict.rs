@@ -17,6 +17,9 @@ pub struct Sample {
     pub agent_cpu_seconds: f64,
     /// The target's allocations per second during the interval (its own count).
     pub target_rate: f64,
+    /// Its 10 ms ticks that started more than a tick late during the interval (the machine
+    /// busy: what explains a rate below the one asked).
+    pub target_late_ticks: u64,
     /// The agent's lost-event counters, summed.
     pub lost_events: u64,
     /// The second memmon's (watching the agent) lost-event counters, summed.
