@@ -8,15 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memmon_tests::{Agent, Target, http, require_root};
-
-/// A sample's value in a /metrics text for a series whose labels include `pid`.
-fn metric(metrics: &str, name: &str, pid: u32) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&format!("pid=\"{pid}\"")))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
+use memmon_tests::{Agent, Target, http, metric, require_root};
 
 fn wait_for_metric(agent: &Agent, name: &str, pid: u32, wanted: f64) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);

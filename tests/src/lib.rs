@@ -12,6 +12,7 @@ use std::{
 use memmon::{snapshot::Snapshot, symbolize::Symbolizer};
 
 pub mod real_programs;
+pub mod soak;
 
 /// Kernel tests load eBPF programs: without root they cannot run, and must not pass silently.
 pub fn require_root() {
@@ -135,6 +136,13 @@ impl Target {
     /// Like `start`, with extra environment variables (e.g. LD_PRELOAD of an allocator).
     pub fn start_with(name: &str, env: &[(&str, &str)]) -> Self {
         let mut target = Self::spawn(name, &[], env);
+        target.expect_line("ready");
+        target
+    }
+
+    /// Like `start`, with command-line arguments.
+    pub fn start_with_args(name: &str, args: &[&str]) -> Self {
+        let mut target = Self::spawn(name, args, &[]);
         target.expect_line("ready");
         target
     }
@@ -370,6 +378,14 @@ impl Drop for Agent {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A sample's value in a /metrics text for a series whose labels include `pid`.
+pub fn metric(metrics: &str, name: &str, pid: u32) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&format!("pid=\"{pid}\"")))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// One HTTP request over a plain socket (no client library: the tests check the wire).

@@ -1,4 +1,4 @@
-//! memmon's developer tasks: `cargo xtask setup|build|run|test`.
+//! memmon's developer tasks: `cargo xtask setup|build|run|test|bench|soak`.
 
 mod setup;
 
@@ -42,6 +42,17 @@ enum Task {
     /// Measure memmon's costs against baselines of the same run: allocation pairs, redis, scrapes,
     /// the stack walk, `memmon run` against valgrind (needs root).
     Bench,
+    /// Soak: `memmon agent` on a target allocating ~100k blocks/s with churn and a slow leak,
+    /// a second memmon on the agent; a row per sample, a verdict, non-zero exit on failure
+    /// (needs root).
+    Soak {
+        /// How long to run.
+        #[arg(long, default_value_t = 60.0)]
+        minutes: f64,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 60)]
+        sample_seconds: u64,
+    },
     /// Run the unit and integration tests (integration tests need root: they load eBPF).
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
@@ -72,6 +83,20 @@ fn run(task: Task) -> Result<()> {
             cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-python"], &[])?;
             cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-launch"], &[])?;
             cargo(&["run", "--release", "--quiet", "--package", "memmon-tests", "--bin", "memmon-bench-production"], &[])
+        }
+        Task::Soak { minutes, sample_seconds } => {
+            build(Scope::Test)?;
+            // The binary `cargo build --release` just built: `cargo run --package` would resolve
+            // the workspace's features for that package alone and build the library again.
+            let soak = workspace_root().join("target/release/memmon-soak");
+            let status = Command::new(&soak)
+                .args(["--minutes", &minutes.to_string(), "--sample-seconds", &sample_seconds.to_string()])
+                .status()
+                .with_context(|| format!("cannot run {}", soak.display()))?;
+            if !status.success() {
+                bail!("the soak failed ({status})");
+            }
+            Ok(())
         }
         Task::Test { args } => {
             build(Scope::Test)?;
