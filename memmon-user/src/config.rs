@@ -397,6 +397,29 @@ fn non_negative(variable: &'static str) -> impl Fn(&str) -> Result<f64, String> 
     }
 }
 
+/// clap's own value checks (types, ranges, choices) name the flag, but the value may have come
+/// from the flag's MEMMON_* variable: the error then names the variable too, so an operator who
+/// set it in a unit file finds it.
+pub fn name_the_variable(mut err: clap::Error, command: &clap::Command) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(err.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) {
+        return err;
+    }
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else { return err };
+    let Some(long) = arg.split_whitespace().next().and_then(|flag| flag.strip_prefix("--")) else { return err };
+    let long = long.to_string();
+    let variable = std::iter::once(command)
+        .chain(command.get_subcommands())
+        .flat_map(|command| command.get_arguments())
+        .find(|argument| argument.get_long() == Some(long.as_str()))
+        .and_then(|argument| argument.get_env())
+        .map(|env| env.to_string_lossy().into_owned());
+    if let Some(variable) = variable {
+        err.insert(ContextKind::Suggested, ContextValue::StyledStrs(vec![format!("the value comes from --{long} or {variable}").into()]));
+    }
+    err
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,5 +545,15 @@ mod tests {
         assert!(err.contains("MEMMON_PROFILING_OUTPUT_DIR"), "{err}");
         config.profiling_enabled = false;
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn clap_value_errors_name_the_variable_too() {
+        let command = AgentConfig::command();
+        let err = command.clone().try_get_matches_from(["memmon", "--pid", "1", "--metrics-top-sites", "0"]).unwrap_err();
+        let text = name_the_variable(err, &command).to_string();
+        assert!(text.contains("--metrics-top-sites") && text.contains("MEMMON_METRICS_TOP_SITES"), "{text}");
+        let err = command.clone().try_get_matches_from(["memmon", "--pid", "1", "--tier", "fast"]).unwrap_err();
+        assert!(name_the_variable(err, &command).to_string().contains("MEMMON_TIER"));
     }
 }

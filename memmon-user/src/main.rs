@@ -77,7 +77,9 @@ fn run_agent(config: AgentConfig) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,memmon::audit=info")).init();
-    let matches = Cli::command().get_matches();
+    let matches = Cli::command()
+        .try_get_matches()
+        .unwrap_or_else(|err| memmon::config::name_the_variable(err, &Cli::command()).exit());
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     let result = match cli.command {
         Command::Agent(mut config) => {
