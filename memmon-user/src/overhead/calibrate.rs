@@ -95,7 +95,14 @@ pub fn detach_in_background(links: Vec<UProbeLink>) {
     if links.is_empty() {
         return;
     }
-    let spawned = std::thread::Builder::new().name("memmon-detach".into()).spawn(move || drop(links));
+    // Closing the links needs no capability, and this thread may outlive the agent's drop to
+    // least privilege (capabilities are per thread): it keeps none while it waits on the kernel.
+    let spawned = std::thread::Builder::new().name("memmon-detach".into()).spawn(move || {
+        if let Err(err) = crate::privileges::drop_to(&[]) {
+            log::debug!("the detaching thread keeps its capabilities: {err:#}");
+        }
+        drop(links)
+    });
     if let Err(err) = spawned {
         log::warn!("no thread to detach probes on ({err}); they are detached when memmon exits");
     }
