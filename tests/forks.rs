@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memmon_tests::{Agent, Target, http, require_root};
+use memmon_tests::{metric_line, Agent, Target, http, require_root};
 use serde_json::Value;
 
 const FAST: &[&str] = &["--metrics-update-interval", "1", "--leak-check-interval", "1"];
@@ -35,9 +35,6 @@ fn held_at(summary: &Value, pid: u64, function: &str) -> (u64, u64) {
         .fold((0, 0), |(bytes, blocks), s| (bytes + s["live_bytes"].as_u64().unwrap(), blocks + s["live_allocations"].as_u64().unwrap()))
 }
 
-fn metric(metrics: &str, line_start: &str) -> Option<f64> {
-    metrics.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 #[test]
 fn a_followed_child_is_a_target_until_it_exits() {
@@ -76,8 +73,8 @@ fn a_followed_child_is_a_target_until_it_exits() {
     assert_eq!(held_at(&summary, child, "child_keeps"), (0, 0), "a retired child's sites go: {summary:#}");
     assert_eq!(summary["live_bytes"], 10_000, "{summary:#}");
     let (_, metrics) = http(agent.address(), "GET /metrics");
-    assert_eq!(metric(&metrics, "memmon_forks_total{outcome=\"followed\"}"), Some(1.0), "{metrics}");
-    assert_eq!(metric(&metrics, "memmon_followed_processes "), Some(0.0), "{metrics}");
+    assert_eq!(metric_line(&metrics, "memmon_forks_total{outcome=\"followed\"}"), Some(1.0), "{metrics}");
+    assert_eq!(metric_line(&metrics, "memmon_followed_processes "), Some(0.0), "{metrics}");
     let (code, text, stderr) = agent.command("status", &[]);
     assert_eq!(code, 0);
     assert!(text.contains("forks: followed, at most 64 at once: 1 seen, 1 followed (0 traced now, 1 exited)"), "{text}");
@@ -144,7 +141,7 @@ fn a_fork_storm_accounts_for_every_fork_and_fills_no_table() {
     let after = agent.json("update-metrics");
     assert_eq!(after["live_bytes"], 10_000, "{after:#}");
     let (_, metrics_after) = http(agent.address(), "GET /metrics");
-    let allocations = |metrics: &str| metric(metrics, &format!("memmon_allocations_total{{comm=\"forks\",pid=\"{}\"}}", target.pid())).unwrap();
+    let allocations = |metrics: &str| metric_line(metrics, &format!("memmon_allocations_total{{comm=\"forks\",pid=\"{}\"}}", target.pid())).unwrap();
     assert_eq!(allocations(&metrics_after) - allocations(&metrics_before), FORKS as f64, "{metrics_after}");
     // The agent kept serving throughout, and still does.
     let (code, _) = http(agent.address(), "GET /health");

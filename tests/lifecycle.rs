@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memmon_tests::{Agent, Target, build_shared_library_linked, build_target, http, memmon_binary, require_root};
+use memmon_tests::{metric_line, Agent, Target, build_shared_library_linked, build_target, http, memmon_binary, require_root};
 use serde_json::Value;
 
 const FAST: &[&str] = &["--metrics-update-interval", "1", "--leak-check-interval", "1"];
@@ -36,9 +36,6 @@ fn top_functions(summary: &Value) -> Vec<String> {
         .collect()
 }
 
-fn metric(metrics: &str, line_start: &str) -> Option<f64> {
-    metrics.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 #[test]
 fn exec_into_another_program_drops_the_old_image() {
@@ -78,10 +75,10 @@ fn exec_into_another_program_drops_the_old_image() {
     assert!(text.contains("pid ") && text.contains("(lifecycle_secon)") && text.contains("discarded at exec"), "{text}");
     let (_, metrics) = http(&agent.url, "GET /metrics");
     let labels = format!("{{comm=\"lifecycle_secon\",pid=\"{}\"}}", target.pid());
-    assert_eq!(metric(&metrics, &format!("memmon_heap_live_bytes{labels}")), Some(21_000.0), "{metrics}");
-    assert_eq!(metric(&metrics, &format!("memmon_exec_discarded_bytes_total{labels}")), Some(100_000.0));
-    assert_eq!(metric(&metrics, &format!("memmon_exec_discarded_blocks_total{labels}")), Some(100.0));
-    assert_eq!(metric(&metrics, &format!("memmon_execs_total{labels}")), Some(1.0));
+    assert_eq!(metric_line(&metrics, &format!("memmon_heap_live_bytes{labels}")), Some(21_000.0), "{metrics}");
+    assert_eq!(metric_line(&metrics, &format!("memmon_exec_discarded_bytes_total{labels}")), Some(100_000.0));
+    assert_eq!(metric_line(&metrics, &format!("memmon_exec_discarded_blocks_total{labels}")), Some(100.0));
+    assert_eq!(metric_line(&metrics, &format!("memmon_execs_total{labels}")), Some(1.0));
     assert!(!metrics.contains("comm=\"lifecycle\""), "the old name is gone from every label: {metrics}");
 
     // A few leak checks on the new image: nothing of the old one is ever a leak.

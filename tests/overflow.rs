@@ -3,14 +3,11 @@
 //! status, the memory summary, /metrics and the health check, mark the numbers incomplete, and
 //! the agent keeps serving. Ground truth: tests/targets/threads.c and ground_truth.c.
 
-use memmon_tests::{Agent, Target, http, require_root};
+use memmon_tests::{metric_line, Agent, Target, http, require_root};
 use serde_json::Value;
 
 const FAST: &[&str] = &["--metrics-update-interval", "1", "--leak-check-interval", "1"];
 
-fn metric(metrics: &str, line_start: &str) -> Option<f64> {
-    metrics.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 #[test]
 fn five_thousand_threads_allocating_at_once_are_counted_exactly() {
@@ -71,8 +68,8 @@ fn overflowing_tables_mark_the_numbers_incomplete_and_the_agent_keeps_serving() 
     let (_, text, _) = agent.command("memory-summary", &[]);
     assert!(text.contains("numbers INCOMPLETE: live_table_full="), "{text}");
     let (_, metrics) = http(agent.address(), "GET /metrics");
-    assert_eq!(metric(&metrics, "memmon_data_complete{scope=\"totals\"}"), Some(0.0), "{metrics}");
-    assert_eq!(metric(&metrics, "memmon_events_lost_total{reason=\"live_table_full\"}"), lost["live_table_full"].as_f64(), "{metrics}");
+    assert_eq!(metric_line(&metrics, "memmon_data_complete{scope=\"totals\"}"), Some(0.0), "{metrics}");
+    assert_eq!(metric_line(&metrics, "memmon_events_lost_total{reason=\"live_table_full\"}"), lost["live_table_full"].as_f64(), "{metrics}");
     let (code, text, _) = agent.command("health-check", &[]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("degraded  losses") && text.contains("numbers INCOMPLETE"), "{text}");

@@ -388,6 +388,12 @@ pub fn metric(metrics: &str, name: &str, pid: u32) -> Option<f64> {
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// The value of the first sample in a /metrics text whose line starts with `line_start` (a
+/// name with its labels, as the exporter writes them).
+pub fn metric_line(metrics: &str, line_start: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 /// One HTTP request over a plain socket (no client library: the tests check the wire).
 /// Returns (status, body).
 pub fn http(url: &str, request_line: &str) -> (u16, String) {
