@@ -38,6 +38,11 @@ impl Function {
     pub fn needs(&self) -> Needs {
         Needs { args: self.args_read, returns: self.returns_allocation }
     }
+
+    /// Whether its entry takes a block out of the live table (free, realloc and their kin).
+    pub fn releases_a_block(&self) -> bool {
+        [FREE_ENTER.0, REALLOC_ENTER.0, REALLOCARRAY_ENTER.0].contains(&self.entry_program)
+    }
 }
 
 /// An entry program of memmon-ebpf/src/main.rs and the arguments it reads; keep each list equal
@@ -519,6 +524,15 @@ fn file_offset(file: &object::File, address: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_functions_that_release_a_block_are_the_frees_and_the_reallocs() {
+        let releasing: Vec<&str> =
+            FAMILY.iter().chain(CXX_NEW).chain(CXX_DELETE).filter(|f| f.releases_a_block()).map(|f| f.symbol).collect();
+        let mut expected = vec!["realloc", "reallocarray", "rallocx", "free", "dallocx", "sdallocx"];
+        expected.extend(CXX_DELETE.iter().map(|f| f.symbol));
+        assert_eq!(releasing, expected);
+    }
 
     const MAPS: &str = "\
 55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 123 /usr/bin/app

@@ -884,21 +884,31 @@ fn attach_allocator(ebpf: &mut Ebpf, process: &Process, objects: &[ProbedObject]
     }
     let mut links = Vec::new();
     let scope = UProbeScope::OneProcess(NonZeroU32::new(process.pid).expect("pid 0 rejected"));
-    // Returns first, then entries; see the ARMED map for why the order is harmless. An
-    // allocating function's entry and return probes share its site, which may lie past the
+    // Probes go on in the order that leaves nothing half-seen while they do (the attach of
+    // each takes milliseconds, and the target runs meanwhile):
+    // - returns first: a call that entered before its entry probe returns unrecorded, which
+    //   the ARMED map says is no loss;
+    // - then the entries that only release blocks (free), then those that release one and
+    //   allocate another (realloc), then those that only allocate: each block recorded then
+    //   has whatever can release it probed already, so none is freed unseen (its address,
+    //   handed out again, would read as a missed free);
+    // An allocating function's entry and return probes share its site, which may lie past the
     // entry: the kernel takes the return address to hijack from [rsp] when the probe hits, and
     // probe_site only moves past instructions that leave rsp and [rsp] alone.
-    for returns in [true, false] {
+    for pass in [AttachPass::Returns, AttachPass::Frees, AttachPass::Resizes, AttachPass::Allocates] {
         for object in objects {
             let path = process.root_path(&object.path);
             let identity = object.identity(process);
             for site in &object.sites {
-                let program = match (returns, site.function.returns_allocation, programs) {
-                    (true, false, _) => continue,
-                    (true, true, Programs::Tracking) => "alloc_exit",
-                    (true, true, Programs::Empty) => "empty_exit",
-                    (false, _, Programs::Tracking) => site.function.entry_program,
-                    (false, _, Programs::Empty) => "empty_enter",
+                if !pass.includes(&site.function) {
+                    continue;
+                }
+                let returns = pass == AttachPass::Returns;
+                let program = match (returns, programs) {
+                    (true, Programs::Tracking) => "alloc_exit",
+                    (true, Programs::Empty) => "empty_exit",
+                    (false, Programs::Tracking) => site.function.entry_program,
+                    (false, Programs::Empty) => "empty_enter",
                 };
                 // An entry program finds arguments the skipped instructions moved through its
                 // cookie (ProbeSite::cookie); the others read none.
@@ -922,6 +932,27 @@ fn attach_allocator(ebpf: &mut Ebpf, process: &Process, objects: &[ProbedObject]
         }
     }
     Ok(links)
+}
+
+/// The passes of `attach_allocator`, in order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AttachPass {
+    Returns,
+    Frees,
+    Resizes,
+    Allocates,
+}
+
+impl AttachPass {
+    fn includes(self, function: &allocator::Function) -> bool {
+        let (releases, allocates) = (function.releases_a_block(), function.returns_allocation);
+        match self {
+            AttachPass::Returns => allocates,
+            AttachPass::Frees => releases && !allocates,
+            AttachPass::Resizes => releases && allocates,
+            AttachPass::Allocates => !releases && allocates,
+        }
+    }
 }
 
 /// Turns tracking on in the kernel, attaches every tracked function's return and entry probes

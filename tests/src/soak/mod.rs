@@ -202,6 +202,10 @@ fn lost(status: &wire::Status) -> u64 {
     status.events_lost.values().sum()
 }
 
+fn loss_reasons<'a>(who: &'a str, status: &'a wire::Status) -> impl Iterator<Item = String> + 'a {
+    status.events_lost.iter().filter(|(_, n)| **n > 0).map(move |(reason, n)| format!("{who} {reason}={n}"))
+}
+
 fn flags(leaks: &wire::Leaks) -> Vec<Flag> {
     leaks
         .leak_indicators
@@ -240,6 +244,8 @@ fn take_sample(
     let cpu = agent_cpu_seconds(agent.pid());
     let leaks: wire::Leaks = get(agent, "/leaks");
     let agent_flags = flags(&get(watcher, "/leaks"));
+    let agent_status: wire::Status = get(agent, "/status");
+    let watcher_status: wire::Status = get(watcher, "/status");
     let (then, then_stats, then_cpu) = *previous;
     *previous = (now, before, cpu);
     Sample {
@@ -249,8 +255,9 @@ fn take_sample(
         agent_cpu_seconds: cpu - then_cpu,
         target_rate: (before.allocations - then_stats.allocations) as f64 / now.duration_since(then).as_secs_f64(),
         target_late_ticks: before.late_ticks - then_stats.late_ticks,
-        lost_events: lost(&get(agent, "/status")),
-        watcher_lost_events: lost(&get(watcher, "/status")),
+        lost_events: lost(&agent_status),
+        watcher_lost_events: lost(&watcher_status),
+        loss_reasons: loss_reasons("agent", &agent_status).chain(loss_reasons("second", &watcher_status)).collect(),
         leak_reported_bytes: leak_in(&summary).0,
         leak_truth_before: before.leak_bytes,
         leak_truth_after: after.leak_bytes,

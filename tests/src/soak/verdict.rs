@@ -24,6 +24,8 @@ pub struct Sample {
     pub lost_events: u64,
     /// The second memmon's (watching the agent) lost-event counters, summed.
     pub watcher_lost_events: u64,
+    /// Every nonzero loss reason of both, "agent reason=N" / "second reason=N", for the verdict.
+    pub loss_reasons: Vec<String>,
     /// What `memory-summary` (a fresh snapshot) said the slow leak's site holds.
     pub leak_reported_bytes: u64,
     /// The target's leaked bytes just before and just after that `memory-summary`.
@@ -206,7 +208,16 @@ fn nothing_lost(samples: &[Sample]) -> Check {
     check(
         "no lost events",
         !samples.is_empty() && last.lost_events == 0 && last.watcher_lost_events == 0,
-        format!("agent {}, second memmon {}", last.lost_events, last.watcher_lost_events),
+        if last.loss_reasons.is_empty() {
+            format!("agent {}, second memmon {}", last.lost_events, last.watcher_lost_events)
+        } else {
+            format!(
+                "agent {}, second memmon {} ({})",
+                last.lost_events,
+                last.watcher_lost_events,
+                last.loss_reasons.join(", ")
+            )
+        },
     )
 }
 
