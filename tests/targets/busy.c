@@ -3,9 +3,12 @@
  * that the allocator hands the same few addresses out again and again. A free memmon missed
  * while its probes went on would show the next time that address came back.
  *
- * Commands on stdin:
+ * Commands on stdin (unbuffered: no stdio buffer is allocated after "ready"):
+ *   rounds  answers "rounds=N", the rounds both threads have finished, all told
  *   pause   stops both threads after their current round: nothing of theirs is live then;
- *           answers "done pause rounds=N" (the rounds both made, all told)
+ *           answers "done pause rounds=N"
+ * Each round makes three allocations (malloc, calloc, realloc); nothing else allocates after
+ * "ready".
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -46,9 +49,12 @@ int main(void)
     char command[64];
     for (int i = 0; i < THREADS; i++)
         pthread_create(&threads[i], NULL, churn, NULL);
+    setvbuf(stdin, NULL, _IONBF, 0);
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("ready\n");
     while (fgets(command, sizeof command, stdin)) {
+        if (strcmp(command, "rounds\n") == 0)
+            printf("rounds=%ld\n", atomic_load(&rounds));
         if (strcmp(command, "pause\n") == 0) {
             atomic_store(&paused, 1);
             for (int i = 0; i < THREADS; i++)

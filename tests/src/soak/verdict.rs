@@ -208,16 +208,8 @@ fn nothing_lost(samples: &[Sample]) -> Check {
     check(
         "no lost events",
         !samples.is_empty() && last.lost_events == 0 && last.watcher_lost_events == 0,
-        if last.loss_reasons.is_empty() {
-            format!("agent {}, second memmon {}", last.lost_events, last.watcher_lost_events)
-        } else {
-            format!(
-                "agent {}, second memmon {} ({})",
-                last.lost_events,
-                last.watcher_lost_events,
-                last.loss_reasons.join(", ")
-            )
-        },
+        format!("agent {}, second memmon {}", last.lost_events, last.watcher_lost_events)
+            + &if last.loss_reasons.is_empty() { String::new() } else { format!(" ({})", last.loss_reasons.join(", ")) },
     )
 }
 
