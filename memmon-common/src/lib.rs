@@ -281,6 +281,60 @@ pub mod unwind {
     }
 }
 
+/// The walk memo (`memmon-ebpf/src/memo.rs`): a thread that allocates again from where it
+/// allocated before (the same return address and stack pointer) gets the site it got then,
+/// once every stack word that walk read still holds the value it read.
+pub mod memo {
+    /// Stack words a memo can check (a power of two): a frame reads one (its return address)
+    /// or two (with a saved rbp), so this covers 32 to 64 frames; a deeper walk is not memoized.
+    pub const MEMO_WORDS: usize = 64;
+    /// The stack span (from the stack pointer up) a memo can check, read in one copy.
+    pub const MEMO_SPAN_BYTES: usize = 8192;
+    pub const MEMO_SPAN_WORDS: usize = MEMO_SPAN_BYTES / 8;
+    /// Memo entries (an LRU table shared by all targets' threads).
+    pub const MEMO_ENTRIES: u32 = 8192;
+
+    /// Where a walk starts: the thread, and its return address and stack pointer there.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct MemoKey {
+        pub thread: u64,
+        pub ip: u64,
+        pub sp: u64,
+    }
+
+    /// A walk's result and what it depended on.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct Memo {
+        /// The key again: an LRU entry can be recycled for another key under a reader.
+        pub key: MemoKey,
+        /// `WALK_GENERATION` when the walk began: tables and sites it used are still current
+        /// while the generation is.
+        pub generation: u64,
+        pub site: u64,
+        /// The rbp the walk started from, when it used it (`needs_rbp`).
+        pub rbp: u64,
+        pub needs_rbp: u32,
+        /// While recording: rbp no longer holds the starting register's value.
+        pub rbp_replaced: u32,
+        /// Words checked, and the bytes from the stack pointer that hold them.
+        pub words: u32,
+        pub span: u32,
+        /// Each word's index from the stack pointer (in words), and its value.
+        pub offsets: [u16; MEMO_WORDS],
+        pub values: [u64; MEMO_WORDS],
+    }
+
+    /// `MEMO_COUNTERS` indexes (per CPU).
+    pub const MEMO_HITS: u32 = 0;
+    /// Walked, and memoized for next time.
+    pub const MEMO_MISSES: u32 = 1;
+    /// Walked, and not memoizable (too deep, too wide a span, a failed read, a Python thread).
+    pub const MEMO_UNCACHEABLE: u32 = 2;
+    pub const MEMO_COUNTERS: u32 = 3;
+}
+
 /// Capacity of the anonymous-mapping table (one entry per live mapping made since attach).
 pub const MAX_MAPPINGS: u32 = 1 << 16;
 /// Capacity of the target-process table (the syscall tracepoints' filter).

@@ -11,7 +11,10 @@
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
 use memmon_common::ProcessMemory;
 
-use crate::maps::{PENDING, PENDING_SYSCALLS, PYTHON_TARGETS, TARGET_MAPPINGS, TARGETS};
+use crate::{
+    counters::add,
+    maps::{PENDING, PENDING_SYSCALLS, PYTHON_TARGETS, TARGET_MAPPINGS, TARGETS, WALK_GENERATION},
+};
 
 /// Offset of `group_dead` in the sched_process_exit record (its format file on 6.18).
 const EXIT_RECORD_GROUP_DEAD: usize = 32;
@@ -50,6 +53,10 @@ pub fn exec() {
     process.allocator_unmapped_bytes = 0;
     // Plain stores and an add by this thread alone: every other thread of the old image is gone.
     process.execs += 1;
+    // Memoized walks of the old image are stale (its stacks and mappings are gone).
+    if let Some(generation) = WALK_GENERATION.get_ptr_mut(0) {
+        add(generation, 1);
+    }
 }
 
 /// sched:sched_process_exit, for every exiting thread: the last one marks the process exited.

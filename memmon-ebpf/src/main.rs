@@ -13,6 +13,7 @@ mod counters;
 mod forks;
 mod lifecycle;
 mod maps;
+mod memo;
 mod stack;
 mod track;
 mod syscalls;

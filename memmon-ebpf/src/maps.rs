@@ -9,6 +9,7 @@ use memmon_common::{
     DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, Fork, LOSS_REASONS, LiveAlloc, LiveKey,
     MAX_MAPPINGS, MAX_QUEUED_FORKS, MAX_PENDING_CALLS, MAX_TARGETS, PendingCall, PendingSyscall, ProcessMemory,
     SIZE_HISTOGRAM_ENTRIES, SiteStats, StackTrace,
+    memo::{MEMO_COUNTERS as MEMO_COUNTER_SLOTS, MEMO_ENTRIES, MEMO_SPAN_WORDS, Memo, MemoKey},
     python::PythonProcess,
     track::{EVENT_RING_BYTES, FunctionCounters, FunctionSiteKey, FunctionSiteStats, InFlightCall, MAX_TRACKED},
     unwind::{DEFAULT_TABLE_MAX_MB, ExecMapping, MAPPING_TABLE_ENTRIES, MAX_OBJECTS, MappingRange, Object, PageRows, Row},
@@ -44,10 +45,35 @@ pub static STACKS: HashMap<u64, StackTrace> =
 #[map]
 pub static STACK_SCRATCH: PerCpuArray<StackTrace> = PerCpuArray::with_max_entries(1, 0);
 
+/// The state of a stack walk in progress (`unwind::Walk`).
+#[map]
+pub static WALK_SCRATCH: PerCpuArray<crate::unwind::Walk> = PerCpuArray::with_max_entries(1, 0);
+
 /// Scratch space for the Python walker: the windows of a frame and of its code object
 /// (`python::Windows`), too large for the stack the walk's callback has left.
 #[map]
 pub static PYTHON_WINDOWS: PerCpuArray<[[u64; 16]; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Memoized walks (`memo`), by thread and where the walk started.
+#[map]
+pub static MEMOS: LruHashMap<MemoKey, Memo> = LruHashMap::with_max_entries(MEMO_ENTRIES, 0);
+
+/// The memo a walk records into before it is stored.
+#[map]
+pub static MEMO_SCRATCH: PerCpuArray<Memo> = PerCpuArray::with_max_entries(1, 0);
+
+/// A copy of the stack span a recalled memo checks.
+#[map]
+pub static MEMO_STACK_COPY: PerCpuArray<[u64; MEMO_SPAN_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Memo hits, misses and unmemoizable walks (`memmon_common::memo::MEMO_*`).
+#[map]
+pub static MEMO_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MEMO_COUNTER_SLOTS, 0);
+
+/// Bumped by userspace after it changes the unwind tables, the targets' mappings or interpreters,
+/// or removes sites, and by the kernel at a target's exec: memos of an older generation are stale.
+#[map]
+pub static WALK_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Loss counters, indexed by `memmon_common::Loss`.
 #[map]

@@ -4,14 +4,14 @@
 //! hit, and a colliding different stack moves to the next slot, so two stacks are never merged
 //! into one site and a site is never relabelled (unlike `BPF_F_REUSE_STACKID` stack-id maps).
 
-use aya_ebpf::bindings::BPF_NOEXIST;
-use memmon_common::{Loss, MAX_STACK_DEPTH, STACK_PROBE_LIMIT, StackTrace, Truncation};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid};
+use memmon_common::{Loss, MAX_STACK_DEPTH, STACK_PROBE_LIMIT, StackTrace, Truncation, memo::MemoKey};
 
 pub use crate::unwind::UserRegs;
 use crate::{
     counters::lose,
     maps::{STACK_SCRATCH, STACKS},
-    unwind,
+    memo, unwind,
 };
 
 const EEXIST: i32 = 17;
@@ -19,21 +19,32 @@ const EEXIST: i32 = 17;
 /// Captures the calling thread's user stack and returns its site id.
 ///
 /// From the allocator's return probe the first frame is the allocator's caller; from a
-/// syscall, the syscall wrapper (glibc's mmap). The walk itself is `unwind::walk`.
+/// syscall, the syscall wrapper (glibc's mmap). The walk itself is `unwind::walk`; a thread
+/// allocating again from where it did before gets the memoized site (`memo`).
 ///
 /// When the stack cannot be stored, the allocation still counts, under the process's
 /// "unknown stack" site (depth 0), and the reason is counted as a loss.
 #[inline(always)]
 pub fn current_site(regs: UserRegs, tgid: u32, image: u32) -> Option<u64> {
+    let key = MemoKey { thread: bpf_get_current_pid_tgid(), ip: regs.ip, sp: regs.sp };
+    let generation = memo::generation();
+    if let Some(site) = memo::recall(&key, regs.rbp, generation) {
+        return Some(site);
+    }
+    memo::start(&key, regs.rbp, generation);
+    unwind::walk(regs, tgid);
     let scratch = unsafe { &mut *STACK_SCRATCH.get_ptr_mut(0)? };
     scratch.tgid = tgid;
     scratch.image = image;
-    unwind::walk(scratch, regs, tgid);
     if scratch.depth == 0 {
         lose(Loss::StackCaptureFailed);
+        memo::abandon();
     }
     match intern(scratch) {
-        Ok(site) => Some(site),
+        Ok(site) => {
+            memo::remember(site);
+            Some(site)
+        }
         Err(loss) => {
             lose(loss);
             unknown_site(scratch)

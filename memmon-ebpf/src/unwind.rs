@@ -12,24 +12,28 @@
 //! without rows or with a rule it cannot follow. Only a frame whose return address is undefined
 //! (`_start`, `clone3`) or zero ends a stack as complete.
 //!
-//! The verifier sees one frame: the loop over frames is `bpf_loop`, whose callback is verified
-//! once however many frames it walks; the two binary searches inside are bounded loops of
-//! `MAPPING_SEARCH_STEPS` and `ROW_SEARCH_STEPS`.
+//! The verifier sees one frame: the loop over frames is `bpf_loop`, and the two binary searches
+//! inside are bounded loops of `MAPPING_SEARCH_STEPS` and `ROW_SEARCH_STEPS`. The walk's state
+//! lives in a per-CPU map value (`WALK_SCRATCH`), not on the BPF stack: the verifier follows
+//! a bpf_loop callback iteration after iteration until it sees a state it has seen before, and
+//! it tracks the ranges of stack values (so every frame looked new, and a walk ran past the
+//! verifier's million-instruction budget), while what a map value holds it does not track.
 
-use core::ffi::c_void;
+use core::{ffi::c_void, ptr::null_mut};
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_loop};
 use memmon_common::{
     MAX_STACK_DEPTH, StackTrace, Truncation,
-    python::PythonProcess,
     unwind::{
         ExecMapping, MAPPING_SEARCH_STEPS, MappingRange, NO_OBJECT, Object, PAGE_SHIFT, RBP_LOST, RBP_UNCHANGED,
         ROW_SEARCH_STEPS, Row, kind,
     },
 };
 
-use crate::python;
-use crate::maps::{EXEC_MAPPINGS, TARGET_MAPPINGS, UNWIND_OBJECTS, UNWIND_PAGES, UNWIND_ROWS};
+use crate::{
+    maps::{EXEC_MAPPINGS, PYTHON_TARGETS, STACK_SCRATCH, TARGET_MAPPINGS, UNWIND_OBJECTS, UNWIND_PAGES, UNWIND_ROWS, WALK_SCRATCH},
+    memo, python,
+};
 
 /// The user registers a walk starts from.
 #[derive(Clone, Copy)]
@@ -41,77 +45,99 @@ pub struct UserRegs {
     pub rbp: u64,
 }
 
-struct Walk {
-    stack: *mut StackTrace,
+/// Where a walk is (`WALK_SCRATCH`). Scalars only: a map value cannot hold a pointer.
+#[repr(C)]
+pub struct Walk {
     mappings: MappingRange,
     pc: u64,
     sp: u64,
     rbp: u64,
-    rbp_known: bool,
-    truncated: Truncation,
+    rbp_known: u32,
+    truncated: u32,
     /// The mapping and object of the previous frame: callers are mostly in the same object,
     /// and a range check is cheaper than the search.
     last_mapping: ExecMapping,
     last_object: Object,
-    /// The process' entry in `PYTHON_TARGETS` (null: not a Python process); a map value stays
-    /// put while the program runs, and copying it would not fit the stack.
-    python: *const PythonProcess,
+    /// The process' eval loop (`PythonProcess::eval_start..eval_end`; empty: not Python).
+    eval_start: u64,
+    eval_end: u64,
+    tgid: u32,
+    /// Emitting the Python frames of the eval-loop frame at `pc`.
+    in_python: u32,
     /// The thread's next Python frame (0: none, or not a Python thread).
     python_frame: u64,
-    /// Emitting the Python frames of the eval-loop frame at `pc`.
-    in_python: bool,
     /// The eval-loop frame at `pc` has had its Python frames emitted: unwind it natively.
-    python_done: bool,
+    python_done: u32,
+    _pad: u32,
 }
 
-/// Walks the stack of process `tgid` from `regs` into `stack` (`ips`, `depth`, `truncated`).
+/// Walks the stack of process `tgid` from `regs` into this CPU's `STACK_SCRATCH` (`ips`,
+/// `depth`, `truncated`), reporting what the walk depends on to the memo `memo::start` began.
 #[inline(always)]
-pub fn walk(stack: &mut StackTrace, regs: UserRegs, tgid: u32) {
+pub fn walk(regs: UserRegs, tgid: u32) {
+    let (Some(stack), Some(walk)) = (STACK_SCRATCH.get_ptr_mut(0), WALK_SCRATCH.get_ptr_mut(0)) else { return };
+    // SAFETY: this CPU's scratch values.
+    let (stack, walk) = unsafe { (&mut *stack, &mut *walk) };
     stack.depth = 0;
     let Some(&mappings) = (unsafe { TARGET_MAPPINGS.get(tgid) }) else {
         stack.truncated = Truncation::NoProcessMap as u32;
+        memo::abandon();
         return;
     };
     let (python, python_frame) = python::start(tgid, bpf_get_current_pid_tgid() as u32);
-    let mut walk = Walk {
-        stack,
+    // SAFETY: null or a map value.
+    let (eval_start, eval_end) = match unsafe { python.as_ref() } {
+        Some(python) => {
+            // Interpreter frames are read too: such walks are never memoized.
+            memo::abandon();
+            (python.eval_start, python.eval_end)
+        }
+        None => (0, 0),
+    };
+    *walk = Walk {
         mappings,
         pc: regs.ip,
         sp: regs.sp,
         rbp: regs.rbp,
-        rbp_known: true,
-        truncated: Truncation::DepthLimit,
+        rbp_known: 1,
+        truncated: Truncation::DepthLimit as u32,
         last_mapping: ExecMapping { object: NO_OBJECT, ..ExecMapping::default() },
         last_object: Object::default(),
-        python,
+        eval_start,
+        eval_end,
+        tgid,
+        in_python: 0,
         python_frame,
-        in_python: false,
-        python_done: false,
+        python_done: 0,
+        _pad: 0,
     };
-    // SAFETY: `step` has the callback signature bpf_loop expects; `walk` outlives the call.
+    // SAFETY: `step` has the callback signature bpf_loop expects and takes no context.
     unsafe {
-        bpf_loop(MAX_STACK_DEPTH as u32, step as *mut c_void, &mut walk as *mut Walk as *mut c_void, 0);
+        bpf_loop(MAX_STACK_DEPTH as u32, step as *mut c_void, null_mut(), 0);
     }
-    stack.truncated = walk.truncated as u32;
+    stack.truncated = walk.truncated;
+    if walk.truncated == Truncation::StackReadFailed as u32 {
+        memo::abandon();
+    }
 }
 
 /// One frame. Returns 0 to go on to the caller, 1 to stop.
-extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the `Walk` that `walk` gave it.
-    let walk = unsafe { &mut *(context as *mut Walk) };
-    match step_frame(walk) {
+extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
+    let (Some(stack), Some(walk)) = (STACK_SCRATCH.get_ptr_mut(0), WALK_SCRATCH.get_ptr_mut(0)) else { return 1 };
+    // SAFETY: this CPU's scratch values, as `walk` left them.
+    let (stack, walk) = unsafe { (&mut *stack, &mut *walk) };
+    match step_frame(walk, stack) {
         Ok(()) => 0,
         Err(reason) => {
-            walk.truncated = reason;
+            walk.truncated = reason as u32;
             1
         }
     }
 }
 
 #[inline(always)]
-fn step_frame(walk: &mut Walk) -> Result<(), Truncation> {
-    let stack = unsafe { &mut *walk.stack };
-    if walk.in_python {
+fn step_frame(walk: &mut Walk, stack: &mut StackTrace) -> Result<(), Truncation> {
+    if walk.in_python != 0 {
         python_step(walk, stack);
         return Ok(());
     }
@@ -120,17 +146,15 @@ fn step_frame(walk: &mut Walk) -> Result<(), Truncation> {
         walk.last_mapping = find_mapping(walk.mappings, walk.pc).ok_or(Truncation::OutsideObjects)?;
         walk.last_object = UNWIND_OBJECTS.get(walk.last_mapping.object).copied().unwrap_or_default();
     }
-    // SAFETY: null or a map value (see `python::start`).
-    let in_eval = walk.python_frame != 0
-        && unsafe { walk.python.as_ref() }.is_some_and(|python| python.eval_start <= walk.pc && walk.pc < python.eval_end);
-    if in_eval && !walk.python_done {
+    let in_eval = walk.python_frame != 0 && walk.eval_start <= walk.pc && walk.pc < walk.eval_end;
+    if in_eval && walk.python_done == 0 {
         // This native frame stands for the Python frames it runs: those go in its place.
-        walk.in_python = true;
+        walk.in_python = 1;
         python_step(walk, stack);
         return Ok(());
     }
-    let replaced = walk.python_done;
-    walk.python_done = false;
+    let replaced = walk.python_done != 0;
+    walk.python_done = 0;
     if !replaced {
         let Some(slot) = stack.ips.get_mut(depth) else { return Err(Truncation::DepthLimit) };
         *slot = walk.pc;
@@ -141,7 +165,10 @@ fn step_frame(walk: &mut Walk) -> Result<(), Truncation> {
     let row = find_row(&walk.last_object, walk.pc - 1 - walk.last_mapping.bias).ok_or(Truncation::NoUnwindInfo)?;
     let cfa = match row.kind {
         kind::CFA_RSP => walk.sp.wrapping_add(row.cfa_offset as i64 as u64),
-        kind::CFA_RBP if walk.rbp_known => walk.rbp.wrapping_add(row.cfa_offset as i64 as u64),
+        kind::CFA_RBP if walk.rbp_known != 0 => {
+            memo::rbp_used();
+            walk.rbp.wrapping_add(row.cfa_offset as i64 as u64)
+        }
         kind::PLT => walk.sp + if walk.pc & 15 >= row.cfa_offset as u64 { 16 } else { 8 },
         kind::END => return Err(Truncation::Complete),
         kind::NONE => return Err(Truncation::NoUnwindInfo),
@@ -154,21 +181,28 @@ fn step_frame(walk: &mut Walk) -> Result<(), Truncation> {
         // rbp pushed right after the return address (every frame-pointer prologue): one read.
         RBP_SAVED_BELOW_RETURN => {
             let [saved_rbp, return_address] = read_user_pair(cfa - 16)?;
+            memo::note(cfa - 16, saved_rbp);
+            memo::rbp_replaced();
             walk.rbp = saved_rbp;
-            walk.rbp_known = true;
+            walk.rbp_known = 1;
             return_address
         }
         RBP_UNCHANGED => read_user(cfa - 8)?,
         RBP_LOST => {
-            walk.rbp_known = false;
+            walk.rbp_known = 0;
+            memo::rbp_replaced();
             read_user(cfa - 8)?
         }
         offset => {
-            walk.rbp = read_user(cfa.wrapping_add((offset as i64 * 8) as u64))?;
-            walk.rbp_known = true;
+            let at = cfa.wrapping_add((offset as i64 * 8) as u64);
+            walk.rbp = read_user(at)?;
+            memo::note(at, walk.rbp);
+            memo::rbp_replaced();
+            walk.rbp_known = 1;
             read_user(cfa - 8)?
         }
     };
+    memo::note(cfa - 8, return_address);
     if return_address == 0 {
         return Err(Truncation::Complete);
     }
@@ -187,14 +221,14 @@ fn read_user_pair(address: u64) -> Result<[u64; 2], Truncation> {
 
 #[inline(always)]
 fn python_step(walk: &mut Walk, stack: &mut StackTrace) {
-    // SAFETY: null or a map value (see `python::start`).
-    let step = match unsafe { walk.python.as_ref() } {
-        Some(python) => python::step(stack, &mut walk.python_frame, &python.layout),
+    // SAFETY: a map value, valid while the program runs.
+    let step = match PYTHON_TARGETS.get_ptr(walk.tgid) {
+        Some(python) => python::step(stack, &mut walk.python_frame, unsafe { &(*python).layout }),
         None => python::Step::Done,
     };
     if let python::Step::Done = step {
-        walk.in_python = false;
-        walk.python_done = true;
+        walk.in_python = 0;
+        walk.python_done = 1;
     }
 }
 

@@ -366,6 +366,14 @@ fn unwind_text(out: &mut String, unwind: &crate::unwind::UnwindStats) {
         human_bytes(unwind.capacity_bytes),
         unwind.build_seconds
     );
+    let walks = unwind.walks_recalled + unwind.walks_memoized + unwind.walks_unmemoizable;
+    if walks > 0 {
+        let _ = writeln!(
+            out,
+            "    stack walks: {} of {walks} recalled from memoized walks, {} walked and memoized, {} walked unmemoizable",
+            unwind.walks_recalled, unwind.walks_memoized, unwind.walks_unmemoizable
+        );
+    }
     for object in unwind.detail.iter().filter(|o| o.missing.is_some()) {
         let _ = writeln!(out, "    no table for {}: {}", object.object, object.missing.as_deref().unwrap_or_default());
     }

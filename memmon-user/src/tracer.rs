@@ -404,6 +404,7 @@ impl Tracer {
             None => {
                 let python =
                     if self.options.python_frames { register_python(&mut self.ebpf, pid)? } else { Interpreter::None };
+                self.unwind.invalidate_memos(); // walks of a Python process are not memoized
                 let history = lifecycle::History::default();
                 self.targets.push(Target { process, allocator, heap_at_attach, python, history, parent: None })
             }
@@ -450,6 +451,7 @@ impl Tracer {
         if let Some(target) = self.targets.iter_mut().find(|t| t.process.pid == pid) {
             target.python = interpreter;
         }
+        self.unwind.invalidate_memos(); // walks of a Python process are not memoized
         Ok(exec)
     }
 
@@ -632,6 +634,8 @@ impl Tracer {
 
     /// Removes the heap and mapping sites of `pids`, and their stacks.
     fn drop_sites_of(&mut self, pids: &[u32]) -> Result<()> {
+        // Before the stacks go: a memoized walk must not hand out a removed site.
+        self.unwind.invalidate_memos();
         let mut ids: Vec<u64> = Vec::new();
         {
             let stacks: BpfHashMap<_, u64, StackTrace> =

@@ -94,6 +94,10 @@ fn unwind_metrics(registry: &Registry, unwind: &crate::unwind::UnwindStats) -> R
     let missing = gauge(registry, "memmon_unwind_objects_missing", "Mapped objects without an unwind table, by reason (budget: MEMMON_UNWIND_TABLE_MAX_MB exhausted; no_cfi: none in the file).", &["reason"])?;
     missing.with_label_values(&["budget"]).set(int(unwind.dropped_objects));
     missing.with_label_values(&["no_cfi"]).set(int(unwind.objects_without_cfi));
+    let walks = counter(registry, "memmon_stack_walks_total", "Stack captures by how they were made: recalled (a memoized walk from the same return address and stack pointer still held), memoized (walked, kept for next time), unmemoizable (walked; Python threads, deep stacks, failed reads).", &["result"])?;
+    walks.with_label_values(&["recalled"]).inc_by(unwind.walks_recalled);
+    walks.with_label_values(&["memoized"]).inc_by(unwind.walks_memoized);
+    walks.with_label_values(&["unmemoizable"]).inc_by(unwind.walks_unmemoizable);
     let truncated = gauge(registry, "memmon_truncated_stack_sites", "Allocation sites whose stack walk stopped before the bottom of the stack, by reason.", &["reason"])?;
     for (reason, count) in &unwind.truncated_sites {
         truncated.with_label_values(&[reason]).set(int(*count));

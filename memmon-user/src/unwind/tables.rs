@@ -16,9 +16,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
-use memmon_common::unwind::{
-    ExecMapping, MAPPING_TABLE_ENTRIES, MAX_EXEC_MAPPINGS, MAX_OBJECTS, MappingRange, NO_OBJECT, Object, PageRows, Row,
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use memmon_common::{
+    memo::{MEMO_HITS, MEMO_MISSES, MEMO_UNCACHEABLE},
+    unwind::{
+        ExecMapping, MAPPING_TABLE_ENTRIES, MAX_EXEC_MAPPINGS, MAX_OBJECTS, MappingRange, NO_OBJECT, Object, PageRows,
+        Row,
+    },
 };
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +53,13 @@ pub struct UnwindStats {
     pub objects_without_cfi: u64,
     /// Code mappings beyond the per-process limit, left out (their frames end walks).
     pub dropped_mappings: u64,
+    /// Stack walks the kernel skipped because a memoized walk from the same place still held
+    /// (`memmon-ebpf/src/memo.rs`).
+    pub walks_recalled: u64,
+    /// Walks made and memoized for next time.
+    pub walks_memoized: u64,
+    /// Walks made that could not be memoized (Python threads, deep stacks, failed reads).
+    pub walks_unmemoizable: u64,
     /// Allocation sites whose stacks end early, by reason (`outside_objects`, …).
     pub truncated_sites: std::collections::BTreeMap<String, u64>,
     /// Each object memmon has looked at, with its table or the reason it has none.
@@ -142,6 +153,8 @@ pub struct UnwindTables {
     mappings: SharedArray<ExecMapping>,
     objects_map: Array<MapData, Object>,
     targets_map: BpfHashMap<MapData, u32, MappingRange>,
+    generation: Array<MapData, u64>,
+    memo_counters: PerCpuArray<MapData, u64>,
     row_space: Ranges,
     page_space: Ranges,
     mapping_space: Ranges,
@@ -164,6 +177,8 @@ impl UnwindTables {
             mappings: SharedArray::new(take("EXEC_MAPPINGS")?, MAPPING_TABLE_ENTRIES)?,
             objects_map: Array::try_from(take("UNWIND_OBJECTS")?)?,
             targets_map: BpfHashMap::try_from(take("TARGET_MAPPINGS")?)?,
+            generation: Array::try_from(take("WALK_GENERATION")?)?,
+            memo_counters: PerCpuArray::try_from(take("MEMO_COUNTERS")?)?,
             row_space: Ranges::new(row_capacity),
             page_space: Ranges::new(page_capacity),
             mapping_space: Ranges::new(MAPPING_TABLE_ENTRIES),
@@ -226,7 +241,18 @@ impl UnwindTables {
         if let Some(old) = self.processes.insert(pid, ProcessTables { range, objects: used }) {
             self.release_process(old);
         }
+        self.invalidate_memos();
         Ok(())
+    }
+
+    /// Makes every memoized walk stale (`memmon-ebpf/src/memo.rs`). Called after the tables,
+    /// a process' mappings or its interpreter change, and before sites are removed: a walk
+    /// memoized under the old generation is never recalled again.
+    pub fn invalidate_memos(&mut self) {
+        let current = self.generation.get(&0, 0).unwrap_or(0);
+        if let Err(err) = self.generation.set(0, current.wrapping_add(1), 0) {
+            log::warn!("invalidating memoized stack walks failed: {err}");
+        }
     }
 
     /// Drops what only `pid` used (its mapping range; objects stay cached until space is needed).
@@ -234,6 +260,7 @@ impl UnwindTables {
         if let Some(old) = self.processes.remove(&pid) {
             let _ = self.targets_map.remove(&pid);
             self.release_process(old);
+            self.invalidate_memos();
         }
     }
 
@@ -390,6 +417,9 @@ impl UnwindTables {
                 * std::mem::size_of::<Row>() as u64,
             dropped_objects: self.dropped_objects,
             dropped_mappings: self.dropped_mappings,
+            walks_recalled: self.memo_counter(MEMO_HITS),
+            walks_memoized: self.memo_counter(MEMO_MISSES),
+            walks_unmemoizable: self.memo_counter(MEMO_UNCACHEABLE),
             ..UnwindStats::default()
         };
         for object in self.objects.values() {
@@ -419,6 +449,12 @@ impl UnwindTables {
         }
         stats.detail.sort_by(|a, b| a.object.cmp(&b.object));
         stats
+    }
+}
+
+impl UnwindTables {
+    fn memo_counter(&self, index: u32) -> u64 {
+        self.memo_counters.get(&index, 0).map_or(0, |per_cpu| per_cpu.iter().sum())
     }
 }
 

@@ -1,0 +1,155 @@
+//! The walk memo: a thread allocating again from where it allocated before gets the site of
+//! its last walk from there, without walking.
+//!
+//! Why it is exact. A walk is a function of where it starts (the return address, the stack
+//! pointer, and rbp where a frame's CFA is computed from it), of the tables it looks rows and
+//! mappings up in, and of the stack words it reads (return addresses and saved rbps). The memo
+//! keeps all of that: the start is its key (plus rbp when the walk used it), the tables'
+//! `WALK_GENERATION` at the walk's start (userspace bumps it after every change to the tables or
+//! to the sites), and every word the walk read with its value. A recall copies the stack span
+//! those words sit in with one read and compares them: if each still holds its value, walking
+//! again would make exactly the same steps and reach the same stack, so the site is the same.
+//! A caller that returned and was called again from elsewhere at the same depth has a
+//! different return address in its frame, and misses.
+//!
+//! Python processes are never memoized: their stacks read interpreter frames too.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{bindings::BPF_ANY, helpers::generated::bpf_probe_read_user};
+use memmon_common::memo::{
+    MEMO_HITS, MEMO_MISSES, MEMO_SPAN_BYTES, MEMO_SPAN_WORDS, MEMO_UNCACHEABLE, MEMO_WORDS, Memo, MemoKey,
+};
+
+use crate::maps::{MEMO_COUNTERS, MEMO_SCRATCH, MEMO_STACK_COPY, MEMOS, WALK_GENERATION};
+
+/// The tables' generation now. Read before a walk: a change published during the walk then
+/// leaves its memo stale, never a stale walk under the new generation.
+#[inline(always)]
+pub fn generation() -> u64 {
+    WALK_GENERATION.get(0).copied().unwrap_or(0)
+}
+
+/// The site memoized for a walk from `key` (and `rbp`), if every word it read is unchanged.
+#[inline(always)]
+pub fn recall(key: &MemoKey, rbp: u64, generation: u64) -> Option<u64> {
+    // SAFETY: a map value, valid while the program runs.
+    let memo = unsafe { &*MEMOS.get_ptr(key)? };
+    if memo.key != *key || memo.generation != generation || (memo.needs_rbp != 0 && memo.rbp != rbp) {
+        return None;
+    }
+    let span = memo.span as usize;
+    if span == 0 || span > MEMO_SPAN_BYTES {
+        return None;
+    }
+    let copy = unsafe { &mut *MEMO_STACK_COPY.get_ptr_mut(0)? };
+    // SAFETY: `copy` holds MEMO_SPAN_BYTES, and `span` is at most that.
+    let read = unsafe { bpf_probe_read_user(copy.as_mut_ptr() as *mut c_void, span as u32, key.sp as *const c_void) };
+    if read != 0 {
+        return None;
+    }
+    let words = (memo.words as usize).min(MEMO_WORDS);
+    for i in 0..MEMO_WORDS {
+        if i >= words {
+            break;
+        }
+        // A word outside the span copied (never, as words are noted going up) is a miss.
+        let offset = memo.offsets[i] as usize & (MEMO_SPAN_WORDS - 1);
+        if offset * 8 >= span || copy.get(offset) != Some(&memo.values[i]) {
+            return None;
+        }
+    }
+    count(MEMO_HITS);
+    Some(memo.site)
+}
+
+/// Starts recording the coming walk from `key` into this CPU's memo scratch.
+///
+/// The walk reports into the scratch through `note`, `rbp_used` and `rbp_replaced` rather
+/// than through a pointer it carries: a pointer that may be null would split every state the
+/// verifier follows through the walk in two, while what the scratch holds it does not track.
+#[inline(always)]
+pub fn start(key: &MemoKey, rbp: u64, generation: u64) {
+    let Some(memo) = scratch() else { return };
+    memo.key = *key;
+    memo.generation = generation;
+    memo.rbp = rbp;
+    memo.needs_rbp = 0;
+    memo.rbp_replaced = 0;
+    memo.words = 0;
+}
+
+/// The walk read `value` at `address`; a word the memo cannot hold abandons it.
+///
+/// Branch-free, as are the other calls the walk makes: the verifier follows every path of
+/// every frame the walk's callback takes, and a branch here would multiply them.
+#[inline(always)]
+pub fn note(address: u64, value: u64) {
+    let Some(memo) = scratch() else { return };
+    let offset = address.wrapping_sub(memo.key.sp);
+    let n = memo.words;
+    let slot = n as usize & (MEMO_WORDS - 1);
+    let fits = (offset < MEMO_SPAN_BYTES as u64) as u32 & (offset & 7 == 0) as u32 & (n < MEMO_WORDS as u32) as u32;
+    memo.offsets[slot] = (offset / 8) as u16;
+    memo.values[slot] = value;
+    // n + 1 if it fits, else ABANDONED (all ones), which never fits again.
+    memo.words = n.wrapping_add(1) | fits.wrapping_sub(1);
+}
+
+/// A frame's CFA is computed from rbp: if rbp is still the starting register's, the memo
+/// holds only for that rbp.
+#[inline(always)]
+pub fn rbp_used() {
+    if let Some(memo) = scratch() {
+        memo.needs_rbp |= memo.rbp_replaced ^ 1;
+    }
+}
+
+/// rbp now comes from the stack (a noted word) or is unknown, no longer from the start.
+#[inline(always)]
+pub fn rbp_replaced() {
+    if let Some(memo) = scratch() {
+        memo.rbp_replaced = 1;
+    }
+}
+
+/// The walk cannot be memoized (it reads interpreter frames, or a read failed).
+#[inline(always)]
+pub fn abandon() {
+    if let Some(memo) = scratch() {
+        memo.words = ABANDONED;
+    }
+}
+
+/// Keeps the finished walk's `site`, unless the walk was abandoned.
+#[inline(always)]
+pub fn remember(site: u64) {
+    let Some(memo) = scratch() else { return };
+    if memo.words as usize > MEMO_WORDS {
+        count(MEMO_UNCACHEABLE);
+        return;
+    }
+    // Words are noted going up the stack, so the last is the highest.
+    let last = (memo.words as usize).wrapping_sub(1) & (MEMO_WORDS - 1);
+    memo.span = if memo.words == 0 { 0 } else { memo.offsets[last] as u32 * 8 + 8 };
+    memo.site = site;
+    let _ = MEMOS.insert(&memo.key, &*memo, BPF_ANY as u64);
+    count(MEMO_MISSES);
+}
+
+/// `Memo::words` of an abandoned memo.
+const ABANDONED: u32 = u32::MAX;
+
+#[inline(always)]
+fn scratch() -> Option<&'static mut Memo> {
+    // SAFETY: this CPU's scratch value, valid while the program runs.
+    MEMO_SCRATCH.get_ptr_mut(0).map(|memo| unsafe { &mut *memo })
+}
+
+#[inline(always)]
+fn count(counter: u32) {
+    if let Some(value) = MEMO_COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: this CPU's counter.
+        unsafe { *value += 1 };
+    }
+}
