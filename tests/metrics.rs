@@ -86,9 +86,9 @@ fn ten_thousand_sites_give_a_bounded_number_of_series() {
     assert_eq!(series("memmon_site_live_bytes"), 20, "the default top-K");
     assert_eq!(series("memmon_site_live_allocations"), 20);
     // A fixed set per target and per reason, 43 for the size histogram, and 2 x K for sites
-    // (155 with the tier, capture and overhead series).
+    // (170 with the tier, capture, overhead and stack-walk series).
     let total = metrics.lines().filter(|l| !l.starts_with('#')).count();
-    assert!(total < 170, "{total} series for 10000 sites");
+    assert!(total <= 175, "{total} series for 10000 sites");
 
     drop(agent);
     let agent = Agent::start(target.pid(), &["--metrics-top-sites", "5"]);
