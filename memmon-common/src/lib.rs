@@ -318,6 +318,14 @@ pub mod memo {
         pub needs_rbp: u32,
         /// While recording: rbp no longer holds the starting register's value.
         pub rbp_replaced: u32,
+        /// While recording: where rbp was last read from the stack, and its value, noted only
+        /// once a frame's CFA is computed from it (in code without frame pointers rbp is a
+        /// general register whose saved value changes call after call, and most walks never
+        /// use it).
+        pub rbp_slot: u64,
+        pub rbp_value: u64,
+        pub rbp_pending: u32,
+        pub _pad: u32,
         /// Words checked, and the bytes from the stack pointer that hold them.
         pub words: u32,
         pub span: u32,

@@ -53,7 +53,6 @@ pub fn recall(key: &MemoKey, rbp: u64, generation: u64) -> Option<u64> {
         if i >= words {
             break;
         }
-        // A word outside the span copied (never, as words are noted going up) is a miss.
         let offset = memo.offsets[i] as usize & (MEMO_SPAN_WORDS - 1);
         if offset * 8 >= span || copy.get(offset) != Some(&memo.values[i]) {
             return None;
@@ -76,6 +75,7 @@ pub fn start(key: &MemoKey, rbp: u64, generation: u64) {
     memo.rbp = rbp;
     memo.needs_rbp = 0;
     memo.rbp_replaced = 0;
+    memo.rbp_pending = 0;
     memo.words = 0;
 }
 
@@ -96,20 +96,37 @@ pub fn note(address: u64, value: u64) {
     memo.words = n.wrapping_add(1) | fits.wrapping_sub(1);
 }
 
-/// A frame's CFA is computed from rbp: if rbp is still the starting register's, the memo
-/// holds only for that rbp.
+/// A frame's CFA is computed from rbp: the walk depends on where that rbp came from — the
+/// starting register (the memo then holds only for that rbp) or a stack word (noted now).
 #[inline(always)]
 pub fn rbp_used() {
-    if let Some(memo) = scratch() {
-        memo.needs_rbp |= memo.rbp_replaced ^ 1;
+    let Some(memo) = scratch() else { return };
+    if memo.rbp_replaced == 0 {
+        memo.needs_rbp = 1;
+    } else if memo.rbp_pending != 0 {
+        memo.rbp_pending = 0;
+        let (slot, value) = (memo.rbp_slot, memo.rbp_value);
+        note(slot, value);
     }
 }
 
-/// rbp now comes from the stack (a noted word) or is unknown, no longer from the start.
+/// rbp was read from the stack at `slot`: noted if a frame uses it (`rbp_used`).
 #[inline(always)]
-pub fn rbp_replaced() {
+pub fn rbp_loaded(slot: u64, value: u64) {
     if let Some(memo) = scratch() {
         memo.rbp_replaced = 1;
+        memo.rbp_slot = slot;
+        memo.rbp_value = value;
+        memo.rbp_pending = 1;
+    }
+}
+
+/// rbp is unknown from here on.
+#[inline(always)]
+pub fn rbp_lost() {
+    if let Some(memo) = scratch() {
+        memo.rbp_replaced = 1;
+        memo.rbp_pending = 0;
     }
 }
 
@@ -129,9 +146,16 @@ pub fn remember(site: u64) {
         count(MEMO_UNCACHEABLE);
         return;
     }
-    // Words are noted going up the stack, so the last is the highest.
-    let last = (memo.words as usize).wrapping_sub(1) & (MEMO_WORDS - 1);
-    memo.span = if memo.words == 0 { 0 } else { memo.offsets[last] as u32 * 8 + 8 };
+    // Mostly the last word is the highest, but a saved rbp is noted when a later frame uses it.
+    let words = memo.words as usize;
+    let mut span = 0;
+    for i in 0..MEMO_WORDS {
+        if i >= words {
+            break;
+        }
+        span = span.max(memo.offsets[i] as u32 * 8 + 8);
+    }
+    memo.span = span;
     memo.site = site;
     let _ = MEMOS.insert(&memo.key, &*memo, BPF_ANY as u64);
     count(MEMO_MISSES);

@@ -181,8 +181,7 @@ fn step_frame(walk: &mut Walk, stack: &mut StackTrace) -> Result<(), Truncation>
         // rbp pushed right after the return address (every frame-pointer prologue): one read.
         RBP_SAVED_BELOW_RETURN => {
             let [saved_rbp, return_address] = read_user_pair(cfa - 16)?;
-            memo::note(cfa - 16, saved_rbp);
-            memo::rbp_replaced();
+            memo::rbp_loaded(cfa - 16, saved_rbp);
             walk.rbp = saved_rbp;
             walk.rbp_known = 1;
             return_address
@@ -190,14 +189,13 @@ fn step_frame(walk: &mut Walk, stack: &mut StackTrace) -> Result<(), Truncation>
         RBP_UNCHANGED => read_user(cfa - 8)?,
         RBP_LOST => {
             walk.rbp_known = 0;
-            memo::rbp_replaced();
+            memo::rbp_lost();
             read_user(cfa - 8)?
         }
         offset => {
             let at = cfa.wrapping_add((offset as i64 * 8) as u64);
             walk.rbp = read_user(at)?;
-            memo::note(at, walk.rbp);
-            memo::rbp_replaced();
+            memo::rbp_loaded(at, walk.rbp);
             walk.rbp_known = 1;
             read_user(cfa - 8)?
         }
