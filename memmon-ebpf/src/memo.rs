@@ -64,9 +64,10 @@ pub fn recall(key: &MemoKey, rbp: u64, generation: u64) -> Option<u64> {
 
 /// Starts recording the coming walk from `key` into this CPU's memo scratch.
 ///
-/// The walk reports into the scratch through `note`, `rbp_used` and `rbp_replaced` rather
-/// than through a pointer it carries: a pointer that may be null would split every state the
-/// verifier follows through the walk in two, while what the scratch holds it does not track.
+/// The walk reports into the scratch through `note`, `rbp_loaded`, `rbp_lost`, `rbp_used` and
+/// `abandon`, which look the scratch up themselves: like the walk's own state (`unwind::Walk`),
+/// what the memo records lives in map memory, whose values the verifier does not track from one
+/// frame to the next.
 #[inline(always)]
 pub fn start(key: &MemoKey, rbp: u64, generation: u64) {
     let Some(memo) = scratch() else { return };
@@ -79,10 +80,8 @@ pub fn start(key: &MemoKey, rbp: u64, generation: u64) {
     memo.words = 0;
 }
 
-/// The walk read `value` at `address`; a word the memo cannot hold abandons it.
-///
-/// Branch-free, as are the other calls the walk makes: the verifier follows every path of
-/// every frame the walk's callback takes, and a branch here would multiply them.
+/// The walk read `value` at `address`; a word the memo cannot hold (outside the span, not
+/// aligned, one too many) abandons it.
 #[inline(always)]
 pub fn note(address: u64, value: u64) {
     let Some(memo) = scratch() else { return };
