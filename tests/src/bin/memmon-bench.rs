@@ -23,6 +23,13 @@ use memmon_tests::{Agent, RedisServer, Target, http, median, requests_per_second
 const PAIRS: u64 = 200_000;
 const ROUNDS: usize = 5;
 const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
+/// The allocators benchmarked: glibc's, and the others by LD_PRELOAD.
+const ALLOCATORS: [(&str, Option<&str>); 4] = [
+    ("glibc", None),
+    ("jemalloc", Some("libjemalloc.so.2")),
+    ("tcmalloc", Some("libtcmalloc_minimal.so.4")),
+    ("mimalloc", Some("libmimalloc.so.2")),
+];
 
 struct Config {
     name: &'static str,
@@ -34,17 +41,20 @@ fn tracing(programs: Programs, optimize_probe_sites: bool) -> Option<TracerOptio
     Some(TracerOptions { programs, optimize_probe_sites, ..TracerOptions::default() })
 }
 
-/// `memmon-bench [pairs] [redis] [track] [scrape] [live]`: the parts named, or all of them.
+/// `memmon-bench [pairs] [programs] [redis] [track] [scrape] [live]`: the parts named, or all of them.
 fn main() {
     let parts: Vec<String> = std::env::args().skip(1).collect();
     let run = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
-    let known = ["pairs", "redis", "track", "scrape", "live"];
+    let known = ["pairs", "programs", "redis", "track", "scrape", "live"];
     if let Some(unknown) = parts.iter().find(|p| !known.contains(&p.as_str())) {
         eprintln!("memmon-bench: unknown part {unknown:?}; parts: {}", known.join(", "));
         std::process::exit(2);
     }
     if run("pairs") {
         pairs_bench();
+    }
+    if run("programs") {
+        programs_bench();
     }
     if run("redis") {
         redis_bench();
@@ -82,15 +92,9 @@ fn pairs_bench() {
         Config { name: "floor: empty programs, every probe at entry", options: tracing(Programs::Empty, false) },
         Config { name: "memmon exact, memmon's sites", options: tracing(Programs::Tracking, true) },
     ];
-    let allocators = [
-        ("glibc", None),
-        ("jemalloc", Some("libjemalloc.so.2")),
-        ("tcmalloc", Some("libtcmalloc_minimal.so.4")),
-        ("mimalloc", Some("libmimalloc.so.2")),
-    ];
     println!("memmon bench: malloc(64)+free pairs, {PAIRS} per run, {ROUNDS} rounds, configurations interleaved");
     println!("{:<9} {:<46} {:>10} {:>12} {:>16}", "allocator", "configuration", "ns/pair", "× untraced", "× floor (sites)");
-    for (allocator, library) in allocators {
+    for (allocator, library) in ALLOCATORS {
         let preload = library.map(|library| format!("{LIBDIR}/{library}"));
         let env: Vec<(&str, &str)> = preload.iter().map(|path| ("LD_PRELOAD", path.as_str())).collect();
         let mut target = Target::start_with("bench_pairs", &env);
@@ -111,6 +115,51 @@ fn pairs_bench() {
             memmon_sites / floor_sites
         );
     }
+}
+
+/// Where memmon's share of a pair goes: each probe program's own run time per hit (BPF run-time
+/// statistics, which add two clock reads a run), under each allocator and on redis-server.
+fn programs_bench() {
+    statistics_cost();
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF run-time statistics");
+    println!("\nmemmon exact: each program's run time per hit (BPF statistics), malloc(64)+free pairs and redis-server");
+    println!("{:<9} {:<22} {:>10} {:>10}", "target", "program", "runs", "ns/run");
+    let report = |target: &str, tracer: &Tracer| {
+        for (name, _, counts) in tracer.probe_program_counts() {
+            if counts.runs > 0 {
+                println!("{target:<9} {name:<22} {:>10} {:>10.0}", counts.runs, counts.run_time_ns as f64 / counts.runs as f64);
+            }
+        }
+    };
+    for (allocator, library) in ALLOCATORS {
+        let preload = library.map(|library| format!("{LIBDIR}/{library}"));
+        let env: Vec<(&str, &str)> = preload.iter().map(|path| ("LD_PRELOAD", path.as_str())).collect();
+        let mut target = Target::start_with("bench_pairs", &env);
+        let tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).expect("attach");
+        measure(&mut target, PAIRS);
+        report(allocator, &tracer);
+    }
+    let redis = RedisServer::start();
+    let tracer = Tracer::attach(&[redis.pid()], TracerOptions::default()).expect("attach");
+    redis.benchmark(&["-t", "set,get", "-n", "50000", "-r", "100000"]);
+    report("redis", &tracer);
+}
+
+/// What BPF run-time statistics (the agent's overhead accounting) add to a malloc+free pair
+/// under memmon exact: two clock reads per program run, on a VM a paravirtual clock each.
+fn statistics_cost() {
+    let mut target = Target::start("bench_pairs");
+    let _tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).expect("attach");
+    measure(&mut target, PAIRS / 10);
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        off.push(measure(&mut target, PAIRS));
+        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF run-time statistics");
+        on.push(measure(&mut target, PAIRS));
+        drop(stats);
+    }
+    let (off, on) = (median(&off), median(&on));
+    println!("memmon exact (glibc): {off:.0} ns per pair, {on:.0} with BPF run-time statistics on (+{:.0} ns, {:.2}×)", on - off, on / off);
 }
 
 /// redis-benchmark SET and GET against Debian's redis-server, requests per second.
