@@ -84,3 +84,25 @@ fn a_million_live_allocations_fit_the_default_table() {
     assert_eq!((million.live_bytes, million.live_count), (16_000_000, 1_000_000), "{million:?}");
     assert_eq!(snapshot.total_losses(), 0, "{:?}", snapshot.losses);
 }
+
+/// The programs count their own hits (the overhead estimate charges each one, without BPF
+/// run-time statistics on): exactly the calls churn_everything makes.
+#[test]
+fn probe_hits_are_counted_exactly() {
+    require_root();
+    let mut target = Target::start("ground_truth");
+    let tracer = Tracer::attach(&[target.pid()], TracerOptions::default()).unwrap();
+    target.run("leak"); // stdio's buffers are allocated by now
+    let hits = |tracer: &Tracer| -> std::collections::BTreeMap<&str, u64> {
+        tracer.probe_program_counts().iter().map(|p| (p.name, p.hits)).collect()
+    };
+    let before = hits(&tracer);
+    target.run("churn");
+    let after = hits(&tracer);
+    let delta = |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+    // 1000 × (malloc + free, calloc + free, malloc + realloc + realloc + free).
+    let expected = [("malloc_enter", 2000), ("calloc_enter", 1000), ("realloc_enter", 2000), ("free_enter", 3000), ("alloc_exit", 5000)];
+    for (name, calls) in expected {
+        assert_eq!(delta(name), calls, "{name}: before {before:?}, after {after:?}");
+    }
+}

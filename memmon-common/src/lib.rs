@@ -31,6 +31,39 @@ pub enum AllocKind {
     PosixMemalign = 2,
 }
 
+/// The allocator probe programs whose hits the kernel side counts itself (`PROBE_HITS`, one
+/// slot each, in this order). The overhead estimate charges every hit; BPF run-time statistics
+/// would count them too, but cost two clock reads per run of every BPF program on the machine
+/// while on, so memmon only samples those (`overhead::sampling`).
+pub mod probe_hits {
+    pub const MALLOC_ENTER: u32 = 0;
+    pub const SIZE_ONLY_ENTER: u32 = 1;
+    pub const ALIGNED_ENTER: u32 = 2;
+    pub const CALLOC_ENTER: u32 = 3;
+    pub const REALLOC_ENTER: u32 = 4;
+    pub const REALLOCARRAY_ENTER: u32 = 5;
+    pub const POSIX_MEMALIGN_ENTER: u32 = 6;
+    pub const FREE_ENTER: u32 = 7;
+    pub const ALLOC_EXIT: u32 = 8;
+    /// The programs' names by slot.
+    pub const PROGRAMS: [&str; 9] = [
+        "malloc_enter",
+        "size_only_enter",
+        "aligned_enter",
+        "calloc_enter",
+        "realloc_enter",
+        "reallocarray_enter",
+        "posix_memalign_enter",
+        "free_enter",
+        "alloc_exit",
+    ];
+
+    /// The slot of the program named `name`, if its hits are counted.
+    pub fn slot(name: &str) -> Option<u32> {
+        PROGRAMS.iter().position(|p| *p == name).map(|i| i as u32)
+    }
+}
+
 /// An allocator call between its entry and its return, keyed by thread (`pid_tgid`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

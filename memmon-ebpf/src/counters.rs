@@ -6,7 +6,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use memmon_common::Loss;
 
-use crate::maps::LOSSES;
+use crate::maps::{LOSSES, PROBE_HITS};
 
 #[inline(always)]
 pub fn add(counter: *mut u64, value: u64) {
@@ -20,5 +20,15 @@ pub fn add(counter: *mut u64, value: u64) {
 pub fn lose(reason: Loss) {
     if let Some(counter) = LOSSES.get_ptr_mut(reason as u32) {
         add(counter, 1);
+    }
+}
+
+/// One more hit of the probe program in `slot` (`memmon_common::probe_hits`): a per-CPU count,
+/// so no atomic; a program preempted on its CPU by another's may lose one, which an estimate
+/// can afford.
+#[inline(always)]
+pub fn hit(slot: u32) {
+    if let Some(count) = PROBE_HITS.get_ptr_mut(slot) {
+        unsafe { *count += 1 };
     }
 }

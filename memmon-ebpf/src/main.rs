@@ -26,7 +26,7 @@ use aya_ebpf::{
     macros::{tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
-use memmon_common::AllocKind;
+use memmon_common::{AllocKind, probe_hits};
 
 /// The arguments of the call a probe hit, where the probe's site has them. A probe may sit past
 /// its function's entry (memmon-user's probe_site), after instructions that copied an argument
@@ -84,6 +84,7 @@ fn register(_ctx: &ProbeContext, _number: u64) -> u64 {
 
 #[uprobe]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    counters::hit(probe_hits::MALLOC_ENTER);
     let args = Args::of(&ctx);
     alloc::enter(&ctx, AllocKind::Plain, args.get(0), 0);
     0
@@ -93,6 +94,7 @@ pub fn malloc_enter(ctx: ProbeContext) -> u32 {
 /// requested size is what is recorded (as for every other function).
 #[uprobe]
 pub fn size_only_enter(ctx: ProbeContext) -> u32 {
+    counters::hit(probe_hits::SIZE_ONLY_ENTER);
     let args = Args::of(&ctx);
     alloc::enter(&ctx, AllocKind::Plain, args.get(0), 0);
     0
@@ -101,6 +103,7 @@ pub fn size_only_enter(ctx: ProbeContext) -> u32 {
 /// memalign(alignment, size) and aligned_alloc(alignment, size).
 #[uprobe]
 pub fn aligned_enter(ctx: ProbeContext) -> u32 {
+    counters::hit(probe_hits::ALIGNED_ENTER);
     let args = Args::of(&ctx);
     alloc::enter(&ctx, AllocKind::Plain, args.get(1), 0);
     0
@@ -108,6 +111,7 @@ pub fn aligned_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    counters::hit(probe_hits::CALLOC_ENTER);
     let args = Args::of(&ctx);
     alloc::enter(&ctx, AllocKind::Plain, alloc::array_size(args.get(0), args.get(1)), 0);
     0
@@ -115,6 +119,7 @@ pub fn calloc_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    counters::hit(probe_hits::REALLOC_ENTER);
     let args = Args::of(&ctx);
     alloc::enter(&ctx, AllocKind::Realloc, args.get(1), args.get(0));
     0
@@ -123,6 +128,7 @@ pub fn realloc_enter(ctx: ProbeContext) -> u32 {
 /// reallocarray(ptr, nmemb, size).
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    counters::hit(probe_hits::REALLOCARRAY_ENTER);
     let args = Args::of(&ctx);
     let size = alloc::array_size(args.get(1), args.get(2));
     alloc::enter(&ctx, AllocKind::Realloc, size, args.get(0));
@@ -132,6 +138,7 @@ pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
 /// posix_memalign(void **out, alignment, size).
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    counters::hit(probe_hits::POSIX_MEMALIGN_ENTER);
     let args = Args::of(&ctx);
     alloc::enter(&ctx, AllocKind::PosixMemalign, args.get(2), args.get(0));
     0
@@ -140,12 +147,14 @@ pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
 /// The one return path for every allocation function above.
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    counters::hit(probe_hits::ALLOC_EXIT);
     alloc::exit(&ctx);
     0
 }
 
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
+    counters::hit(probe_hits::FREE_ENTER);
     alloc::free(Args::of(&ctx).get(0));
     0
 }

@@ -75,6 +75,10 @@ pub static MEMO_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MEMO_
 #[map]
 pub static WALK_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
 
+/// Hits of each allocator probe program (`memmon_common::probe_hits`).
+#[map]
+pub static PROBE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(memmon_common::probe_hits::PROGRAMS.len() as u32, 0);
+
 /// Loss counters, indexed by `memmon_common::Loss`.
 #[map]
 pub static LOSSES: Array<u64> = Array::with_max_entries(LOSS_REASONS as u32, 0);

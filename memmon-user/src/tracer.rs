@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, Map, Queue},
+    maps::{Array, HashMap as BpfHashMap, Map, PerCpuArray, Queue},
     programs::{
         TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
@@ -18,7 +18,7 @@ use aya::{
 };
 use memmon_common::{
     DEFAULT_MAX_LIVE_ALLOCATIONS, DEFAULT_MAX_SITES, Fork, LiveAlloc, LiveKey, Loss, ProcessMemory,
-    SiteStats, StackTrace, Truncation, python::PythonProcess, unwind::DEFAULT_TABLE_MAX_MB,
+    SiteStats, StackTrace, Truncation, probe_hits, python::PythonProcess, unwind::DEFAULT_TABLE_MAX_MB,
 };
 
 use crate::{
@@ -34,6 +34,16 @@ use crate::{
     track::{TrackConfig, TrackedFunction, Tracking},
     unwind::{UnwindStats, UnwindTables},
 };
+
+/// One allocator probe program's counts (`Tracer::probe_program_counts`).
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeProgramCounts {
+    pub name: &'static str,
+    pub kind: HitKind,
+    /// Hits so far, counted by the program (empty programs count none).
+    pub hits: u64,
+    pub stats: ProgramCounts,
+}
 
 /// The compiled kernel programs, built by build.rs.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memmon-ebpf"));
@@ -335,9 +345,9 @@ impl Tracer {
         self.hit_costs
     }
 
-    /// Runs and run time so far of each allocator probe program, with how its hits are
-    /// charged (run time counts only while BPF statistics are enabled).
-    pub fn probe_program_counts(&self) -> Vec<(&'static str, HitKind, ProgramCounts)> {
+    /// Each attached allocator probe program: how its hits are charged, its hits so far
+    /// (counted by the program), and its BPF run-time statistics (which count only while on).
+    pub fn probe_program_counts(&self) -> Vec<ProbeProgramCounts> {
         let mut programs: Vec<(&'static str, HitKind)> = Vec::new();
         let stepped: Vec<&str> = self
             .targets
@@ -355,12 +365,17 @@ impl Tracer {
             };
             programs.push((program, kind));
         }
+        let hits: Option<PerCpuArray<_, u64>> = self.ebpf.map("PROBE_HITS").and_then(|map| PerCpuArray::try_from(map).ok());
         programs
             .into_iter()
             .filter_map(|(name, kind)| {
                 let program: &UProbe = self.ebpf.program(name)?.try_into().ok()?;
                 let info = program.info().ok()?;
-                Some((name, kind, ProgramCounts { runs: info.run_count(), run_time_ns: info.run_time().as_nanos() as u64 }))
+                let hits = probe_hits::slot(name)
+                    .and_then(|slot| hits.as_ref()?.get(&slot, 0).ok())
+                    .map_or(0, |per_cpu| per_cpu.iter().sum());
+                let stats = ProgramCounts { runs: info.run_count(), run_time_ns: info.run_time().as_nanos() as u64 };
+                Some(ProbeProgramCounts { name, kind, hits, stats })
             })
             .collect()
     }

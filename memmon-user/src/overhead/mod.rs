@@ -2,9 +2,10 @@
 //!
 //! The cost of a probe hit is mostly the trap, which no BPF statistic sees: the kernel stops the
 //! thread, emulates or single-steps the probed instruction, and (for a return probe) hijacks the
-//! return address. So the estimate is `hits × calibrated trap cost + the programs' own run time`
-//! (BPF run-time statistics), with the trap costs measured at start on this machine
-//! ([`calibrate`]). It is an estimate, and is labelled so wherever it is shown.
+//! return address. So the estimate is `hits × (calibrated trap cost + the program's time per
+//! run)`: the hits counted by the programs themselves, the trap costs measured at start on this
+//! machine ([`calibrate`]), the time per run from BPF run-time statistics switched on for a
+//! sample of the time ([`sampling`]). It is an estimate, and is labelled so wherever it is shown.
 //!
 //! The budget ([`Budget`]) holds memmon's estimated cost over the last [`HORIZON`] to
 //! `fraction` of the targets' CPU time over the same span. The part of the horizon before
@@ -14,6 +15,7 @@
 //! runs out, and wait while it is spent.
 
 pub mod calibrate;
+pub mod sampling;
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -40,11 +42,20 @@ pub struct HitCosts {
     pub return_ns: f64,
 }
 
-/// What one BPF program has done so far: runs (probe hits) and time in the program.
+/// BPF run-time statistics of one program: runs and time in the program while they were on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProgramCounts {
     pub runs: u64,
     pub run_time_ns: u64,
+}
+
+/// What one probe program cost between two accountings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProgramCharge {
+    pub kind: HitKind,
+    pub hits: u64,
+    /// The program's own time per run (sampled).
+    pub ns_per_run: f64,
 }
 
 /// How a program's hits are charged.
@@ -66,16 +77,9 @@ impl HitCosts {
         }
     }
 
-    /// The estimated cost (ns) of what the programs did between two readings (same order).
-    pub fn estimate_ns(&self, programs: &[(HitKind, ProgramCounts, ProgramCounts)]) -> f64 {
-        programs
-            .iter()
-            .map(|(kind, before, after)| {
-                let runs = after.runs.saturating_sub(before.runs) as f64;
-                let time = after.run_time_ns.saturating_sub(before.run_time_ns) as f64;
-                runs * self.of(*kind) + time
-            })
-            .sum()
+    /// The estimated cost (ns) of what the programs did between two accountings.
+    pub fn estimate_ns(&self, programs: &[ProgramCharge]) -> f64 {
+        programs.iter().map(|p| p.hits as f64 * (self.of(p.kind) + p.ns_per_run)).sum()
     }
 }
 
@@ -190,13 +194,13 @@ mod tests {
     #[test]
     fn the_estimate_charges_traps_by_kind_and_adds_program_time() {
         let costs = HitCosts { entry_emulated_ns: 1000.0, entry_single_stepped_ns: 5000.0, return_ns: 1500.0 };
-        let counts = |runs, run_time_ns| ProgramCounts { runs, run_time_ns };
+        let charge = |kind, hits, ns_per_run| ProgramCharge { kind, hits, ns_per_run };
         let programs = [
-            (HitKind::EntryEmulated, counts(10, 100), counts(110, 5100)),
-            (HitKind::EntrySingleStepped, counts(0, 0), counts(2, 50)),
-            (HitKind::Return, counts(5, 0), counts(105, 20000)),
+            charge(HitKind::EntryEmulated, 100, 50.0),
+            charge(HitKind::EntrySingleStepped, 2, 25.0),
+            charge(HitKind::Return, 100, 200.0),
         ];
-        let expected = 100.0 * 1000.0 + 5000.0 + 2.0 * 5000.0 + 50.0 + 100.0 * 1500.0 + 20000.0;
+        let expected = 100.0 * (1000.0 + 50.0) + 2.0 * (5000.0 + 25.0) + 100.0 * (1500.0 + 200.0);
         assert_eq!(costs.estimate_ns(&programs), expected);
     }
 

@@ -125,9 +125,10 @@ fn programs_bench() {
     println!("\nmemmon exact: each program's run time per hit (BPF statistics), malloc(64)+free pairs and redis-server");
     println!("{:<9} {:<22} {:>10} {:>10}", "target", "program", "runs", "ns/run");
     let report = |target: &str, tracer: &Tracer| {
-        for (name, _, counts) in tracer.probe_program_counts() {
+        for program in tracer.probe_program_counts() {
+            let counts = program.stats;
             if counts.runs > 0 {
-                println!("{target:<9} {name:<22} {:>10} {:>10.0}", counts.runs, counts.run_time_ns as f64 / counts.runs as f64);
+                println!("{target:<9} {:<22} {:>10} {:>10.0}", program.name, counts.runs, counts.run_time_ns as f64 / counts.runs as f64);
             }
         }
     };

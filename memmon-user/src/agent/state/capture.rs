@@ -27,7 +27,11 @@ use std::{
 use super::{Agent, Refusal};
 use crate::{
     config::Tier,
-    overhead::{Budget, HitCosts, HitKind, ProgramCounts},
+    tracer::ProbeProgramCounts,
+    overhead::{
+        Budget, HitCosts, ProgramCharge, ProgramCounts,
+        sampling::{Due, RunTimeSampler},
+    },
     profiles::id::ProfileId,
     wire,
 };
@@ -73,10 +77,11 @@ pub struct Capture {
     refused: u64,
     last_refusal: Option<String>,
     /// The programs' counts and the targets' CPU time at the last accounting.
-    counts_base: Vec<(&'static str, HitKind, ProgramCounts)>,
+    counts_base: Vec<ProbeProgramCounts>,
     cpu_base_ns: u64,
-    /// BPF run-time statistics stay enabled while this is held (while probes are attached).
+    /// BPF run-time statistics are on while this is held: during a sample (`sampler`).
     stats: Option<OwnedFd>,
+    sampler: RunTimeSampler,
     cooldown: Cooldown,
 }
 
@@ -122,6 +127,7 @@ impl Capture {
             counts_base: Vec::new(),
             cpu_base_ns: 0,
             stats: None,
+            sampler: RunTimeSampler::default(),
             cooldown: Cooldown { length: cooldown, until: None, deferred: 0 },
         }
     }
@@ -133,11 +139,8 @@ impl Capture {
 }
 
 impl Agent {
-    /// At start: the probes' statistics on (exact tier) and the CPU baseline.
+    /// At start: the hit and CPU baselines.
     pub(super) fn start_overhead_accounting(&mut self) {
-        if self.tracer.allocator_probes_attached() {
-            self.capture.stats = enable_stats();
-        }
         self.capture.cpu_base_ns = self.targets_cpu_ns();
         self.capture.counts_base = self.tracer.probe_program_counts();
     }
@@ -148,16 +151,18 @@ impl Agent {
         let cpu_now = self.targets_cpu_ns();
         let cpu = cpu_now.saturating_sub(self.capture.cpu_base_ns);
         let counts = self.tracer.probe_program_counts();
+        let stats: Vec<(&'static str, ProgramCounts)> = counts.iter().map(|c| (c.name, c.stats)).collect();
         let cost = match self.capture.costs {
             Some(costs) => {
-                let paired: Vec<(HitKind, ProgramCounts, ProgramCounts)> = counts
+                let charges: Vec<ProgramCharge> = counts
                     .iter()
-                    .map(|(name, kind, now)| {
-                        let before = self.capture.counts_base.iter().find(|(n, _, _)| n == name).map_or(*now, |(_, _, c)| *c);
-                        (*kind, before, *now)
+                    .map(|now| {
+                        let before = self.capture.counts_base.iter().find(|c| c.name == now.name).map_or(now.hits, |c| c.hits);
+                        let ns_per_run = self.capture.sampler.ns_per_run(now.name, &stats);
+                        ProgramCharge { kind: now.kind, hits: now.hits.saturating_sub(before), ns_per_run }
                     })
                     .collect();
-                costs.estimate_ns(&paired)
+                costs.estimate_ns(&charges)
             }
             None => 0.0,
         };
@@ -167,6 +172,27 @@ impl Agent {
         }
         self.capture.cpu_base_ns = cpu_now;
         self.capture.counts_base = counts;
+        self.sample_run_time(stats);
+    }
+
+    /// Switches the BPF run-time statistics on or off as the sampler wants (see
+    /// `overhead::sampling`), while the allocator probes are attached.
+    fn sample_run_time(&mut self, stats: Vec<(&'static str, ProgramCounts)>) {
+        if !self.tracer.allocator_probes_attached() {
+            return;
+        }
+        let now = Instant::now();
+        match self.capture.sampler.due(now) {
+            Due::Start => {
+                self.capture.stats = enable_stats();
+                self.capture.sampler.started(now, stats);
+            }
+            Due::Finish => {
+                self.capture.sampler.finished(now, &stats);
+                self.capture.stats = None;
+            }
+            Due::Nothing => {}
+        }
     }
 
     fn targets_cpu_ns(&self) -> u64 {
@@ -201,8 +227,8 @@ impl Agent {
         self.tracer
             .attach_allocator_probes()
             .map_err(|err| Refusal::Conflict(format!("attaching the allocator probes failed: {err:#}")))?;
-        self.capture.stats = enable_stats();
         self.capture.counts_base = self.tracer.probe_program_counts();
+        self.capture.sampler.restart();
         self.capture.cpu_base_ns = self.targets_cpu_ns();
         Ok(planned)
     }
@@ -236,6 +262,7 @@ impl Agent {
             log::warn!("detaching the allocator probes failed: {err:#}");
         }
         self.capture.stats = None;
+        self.capture.sampler.abandon();
     }
 
     /// The leak check saw the process grow: in the always-on tier, attribute it.
@@ -418,7 +445,10 @@ fn enable_stats() -> Option<OwnedFd> {
     match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
         Ok(fd) => Some(fd),
         Err(err) => {
-            log::warn!("BPF run-time statistics unavailable ({err}): the kernel counts no probe runs, so the overhead estimate stays 0");
+            log::warn!(
+                "BPF run-time statistics unavailable ({err}): the overhead estimate charges the probes' traps only, \
+                 not their programs' own time"
+            );
             None
         }
     }
