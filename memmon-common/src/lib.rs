@@ -358,7 +358,8 @@ pub mod memo {
         pub rbp_slot: u64,
         pub rbp_value: u64,
         pub rbp_pending: u32,
-        pub _pad: u32,
+        /// The process image the walk's site belongs to (an exec bumps the generation).
+        pub image: u32,
         /// Words checked, and the bytes from the stack pointer that hold them.
         pub words: u32,
         pub span: u32,

@@ -101,6 +101,26 @@ pub fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, ptr_arg: u64) {
         },
         _ => (0, 0, 0, 0),
     };
+    // The thread's slot is reused call after call (an update in place, not an insert and a
+    // delete per allocation); the LRU map drops the slots of threads that are gone.
+    if let Some(slot) = slot {
+        // Field by field: a whole PendingCall built on the stack and copied in costs a memset
+        // call for its zero fields on every entry. The old block's fields are read only when
+        // its timestamp is set (a realloc's).
+        let slot = unsafe { &mut *slot };
+        slot.size = size;
+        slot.ptr_arg = ptr_arg;
+        slot.entry_sp = sp;
+        slot.kind = kind as u32;
+        slot.tail_calls = 0;
+        slot.old_timestamp_ns = old_timestamp_ns;
+        if old_timestamp_ns != 0 {
+            slot.old_size = old_size;
+            slot.old_site = old_site;
+            slot.old_call_thread = old_call_thread;
+        }
+        return;
+    }
     let call = PendingCall {
         size,
         ptr_arg,
@@ -113,11 +133,7 @@ pub fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, ptr_arg: u64) {
         old_call_thread,
         _pad: 0,
     };
-    // The thread's slot is reused call after call (an update in place, not an insert and a
-    // delete per allocation); the LRU map drops the slots of threads that are gone.
-    if let Some(slot) = slot {
-        unsafe { *slot = call };
-    } else if PENDING.insert(thread, call, BPF_ANY as u64).is_err() {
+    if PENDING.insert(thread, call, BPF_ANY as u64).is_err() {
         lose(Loss::PendingTableFull);
         if old_timestamp_ns != 0 {
             credit_free(old_site, old_size, old_timestamp_ns);
@@ -227,9 +243,8 @@ fn count_untracked_free(tgid: u32) {
 #[inline(always)]
 fn record(regs: stack::UserRegs, thread: u64, addr: u64, size: u64) {
     let tgid = (thread >> 32) as u32;
-    let image = image_of(tgid);
     // No site at all, not even the unknown-stack one (the stack table is full): untracked.
-    let Some(site) = stack::current_site(regs, tgid, image) else {
+    let Some((site, image)) = stack::current_site(regs, tgid, || image_of(tgid)) else {
         lose(Loss::SiteTableFull);
         return;
     };

@@ -22,7 +22,7 @@ mod unwind;
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_probe_read_kernel, generated::bpf_get_attach_cookie},
+    helpers::generated::bpf_get_attach_cookie,
     macros::{tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
@@ -58,7 +58,8 @@ impl<'a> Args<'a> {
 /// A general-purpose register by its x86-64 number (rax 0, rcx 1, rdx 2, rbx 3, rsp 4, rbp 5,
 /// rsi 6, rdi 7, r8–r15 8–15). The registers are copied out of the context first: reading the
 /// context's fields by a number compiles to a computed pointer into it, which the verifier
-/// refuses ("dereference of modified ctx ptr"), while a computed index into a stack copy is fine.
+/// refuses ("math between ctx pointer and register"), while a computed index into a stack copy
+/// is fine. The copy is read straight into place (no zeroing, no second copy).
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
 fn register(ctx: &ProbeContext, number: u64) -> u64 {
@@ -70,9 +71,21 @@ fn register(ctx: &ProbeContext, number: u64) -> u64 {
     // verifier does not know it, and refuses an unbounded index into the stack.
     // SAFETY: a plain read of a static.
     let slot = unsafe { core::ptr::read_volatile(slot) };
-    // SAFETY: reads the first 15 words of the user registers the context points at.
-    let Ok(words) = (unsafe { bpf_probe_read_kernel(ctx.regs as *const [u64; 15]) }) else { return 0 };
-    words.get(slot).copied().unwrap_or(0)
+    let mut words = core::mem::MaybeUninit::<[u64; 15]>::uninit();
+    // SAFETY: reads the first 15 words of the user registers the context points at into
+    // `words`, which holds exactly that much.
+    let read = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            words.as_mut_ptr() as *mut core::ffi::c_void,
+            core::mem::size_of::<[u64; 15]>() as u32,
+            ctx.regs as *const core::ffi::c_void,
+        )
+    };
+    if read != 0 {
+        return 0;
+    }
+    // SAFETY: the helper filled every word.
+    unsafe { words.assume_init_ref() }.get(slot).copied().unwrap_or(0)
 }
 
 /// Only x86-64 sites move (probe_site decodes x86-64), so no cookie names a register elsewhere.

@@ -30,9 +30,10 @@ pub fn generation() -> u64 {
     WALK_GENERATION.get(0).copied().unwrap_or(0)
 }
 
-/// The site memoized for a walk from `key` (and `rbp`), if every word it read is unchanged.
+/// The site (and its process image) memoized for a walk from `key` (and `rbp`), if every word
+/// it read is unchanged.
 #[inline(always)]
-pub fn recall(key: &MemoKey, rbp: u64, generation: u64) -> Option<u64> {
+pub fn recall(key: &MemoKey, rbp: u64, generation: u64) -> Option<(u64, u32)> {
     // SAFETY: a map value, valid while the program runs.
     let memo = unsafe { &*MEMOS.get_ptr(key)? };
     if memo.key != *key || memo.generation != generation || (memo.needs_rbp != 0 && memo.rbp != rbp) {
@@ -59,19 +60,21 @@ pub fn recall(key: &MemoKey, rbp: u64, generation: u64) -> Option<u64> {
         }
     }
     count(MEMO_HITS);
-    Some(memo.site)
+    Some((memo.site, memo.image))
 }
 
-/// Starts recording the coming walk from `key` into this CPU's memo scratch.
+/// Starts recording the coming walk from `key`, in process image `image`, into this CPU's
+/// memo scratch.
 ///
 /// The walk reports into the scratch through `note`, `rbp_loaded`, `rbp_lost`, `rbp_used` and
 /// `abandon`, which look the scratch up themselves: like the walk's own state (`unwind::Walk`),
 /// what the memo records lives in map memory, whose values the verifier does not track from one
 /// frame to the next.
 #[inline(always)]
-pub fn start(key: &MemoKey, rbp: u64, generation: u64) {
+pub fn start(key: &MemoKey, rbp: u64, generation: u64, image: u32) {
     let Some(memo) = scratch() else { return };
     memo.key = *key;
+    memo.image = image;
     memo.generation = generation;
     memo.rbp = rbp;
     memo.needs_rbp = 0;

@@ -16,22 +16,25 @@ use crate::{
 
 const EEXIST: i32 = 17;
 
-/// Captures the calling thread's user stack and returns its site id.
+/// Captures the calling thread's user stack and returns its site id, with the process image
+/// the site belongs to.
 ///
 /// From the allocator's return probe the first frame is the allocator's caller; from a
 /// syscall, the syscall wrapper (glibc's mmap). The walk itself is `unwind::walk`; a thread
-/// allocating again from where it did before gets the memoized site (`memo`).
+/// allocating again from where it did before gets the memoized site (`memo`), which knows its
+/// image: `image` is asked only when the stack is walked.
 ///
 /// When the stack cannot be stored, the allocation still counts, under the process's
 /// "unknown stack" site (depth 0), and the reason is counted as a loss.
 #[inline(always)]
-pub fn current_site(regs: UserRegs, tgid: u32, image: u32) -> Option<u64> {
+pub fn current_site(regs: UserRegs, tgid: u32, image: impl FnOnce() -> u32) -> Option<(u64, u32)> {
     let key = MemoKey { thread: bpf_get_current_pid_tgid(), ip: regs.ip, sp: regs.sp };
     let generation = memo::generation();
-    if let Some(site) = memo::recall(&key, regs.rbp, generation) {
-        return Some(site);
+    if let Some(recalled) = memo::recall(&key, regs.rbp, generation) {
+        return Some(recalled);
     }
-    memo::start(&key, regs.rbp, generation);
+    let image = image();
+    memo::start(&key, regs.rbp, generation, image);
     unwind::walk(regs, tgid);
     let scratch = unsafe { &mut *STACK_SCRATCH.get_ptr_mut(0)? };
     scratch.tgid = tgid;
@@ -43,11 +46,11 @@ pub fn current_site(regs: UserRegs, tgid: u32, image: u32) -> Option<u64> {
     match intern(scratch) {
         Ok(site) => {
             memo::remember(site);
-            Some(site)
+            Some((site, image))
         }
         Err(loss) => {
             lose(loss);
-            unknown_site(scratch)
+            unknown_site(scratch).map(|site| (site, image))
         }
     }
 }
