@@ -88,3 +88,20 @@ fn one_return_address_and_stack_pointer_through_different_callers_never_share_a_
 fn one_return_address_and_stack_pointer_through_different_callers_never_share_a_site_with_frame_pointers() {
     check("memo");
 }
+
+/// `TracerOptions::memoize_walks` off (the benchmarks' baseline): every allocation is walked,
+/// none memoized, and the sites are the same.
+#[test]
+fn walks_are_not_memoized_when_memoizing_is_off() {
+    require_root();
+    let mut target = Target::start("memo-nofp");
+    let mut tracer = Tracer::attach(&[target.pid()], TracerOptions { memoize_walks: false, ..TracerOptions::default() }).unwrap();
+    target.run("repeat");
+    assert_eq!(walks(&tracer), (0, 0, 0), "(recalled, memoized, unmemoizable)");
+    let snapshot = tracer.snapshot().unwrap();
+    let mut symbolizer = Symbolizer::new();
+    let repeated: Vec<&SiteSample> =
+        snapshot.sites.iter().filter(|s| frames(&mut symbolizer, s).get(1).is_some_and(|f| f == "path_c")).collect();
+    assert_eq!(repeated.len(), 1, "one site for path_c");
+    assert_eq!((repeated[0].stats.alloc_count, repeated[0].stats.alloc_bytes), (5000, 80_000));
+}

@@ -23,6 +23,17 @@ use memmon_common::memo::{
 
 use crate::maps::{MEMO_COUNTERS, MEMO_SCRATCH, MEMO_STACK_COPY, MEMOS, WALK_GENERATION};
 
+/// 0 when userspace loads the programs with memoizing off (`TracerOptions::memoize_walks`):
+/// every walk is walked. Read-only data, so the verifier drops the branch not taken.
+#[unsafe(no_mangle)]
+static MEMOIZE_WALKS: u32 = 1;
+
+#[inline(always)]
+fn enabled() -> bool {
+    // SAFETY: a read of a static; volatile, so that LLVM does not fold the value it was built with.
+    unsafe { core::ptr::read_volatile(&MEMOIZE_WALKS) != 0 }
+}
+
 /// The tables' generation now. Read before a walk: a change published during the walk then
 /// leaves its memo stale, never a stale walk under the new generation.
 #[inline(always)]
@@ -34,6 +45,9 @@ pub fn generation() -> u64 {
 /// it read is unchanged.
 #[inline(always)]
 pub fn recall(key: &MemoKey, rbp: u64, generation: u64) -> Option<(u64, u32)> {
+    if !enabled() {
+        return None;
+    }
     // SAFETY: a map value, valid while the program runs.
     let memo = unsafe { &*MEMOS.get_ptr(key)? };
     if memo.key != *key || memo.generation != generation || (memo.needs_rbp != 0 && memo.rbp != rbp) {
@@ -143,6 +157,9 @@ pub fn abandon() {
 /// Keeps the finished walk's `site`, unless the walk was abandoned.
 #[inline(always)]
 pub fn remember(site: u64) {
+    if !enabled() {
+        return;
+    }
     let Some(memo) = scratch() else { return };
     if memo.words as usize > MEMO_WORDS {
         count(MEMO_UNCACHEABLE);

@@ -89,6 +89,10 @@ pub struct TracerOptions {
     /// Walk CPython targets' Python frames (false: their stacks are native only; the
     /// benchmark's baseline for the cost of the Python walk).
     pub python_frames: bool,
+    /// Recall memoized stack walks (`memo` in memmon-ebpf). False: every allocation walks its
+    /// stack, the benchmarks' baseline for what a walk costs (CPython targets are never
+    /// memoized, so their native-only baseline must not be either).
+    pub memoize_walks: bool,
     /// Follow the targets' forks (`forks`), at most `max_followed` children at once.
     pub follow_forks: bool,
     pub max_followed: u32,
@@ -104,6 +108,7 @@ impl Default for TracerOptions {
             allocator_probes: true,
             calibrate: false,
             python_frames: true,
+            memoize_walks: true,
             follow_forks: false,
             max_followed: crate::forks::DEFAULT_MAX_FOLLOWED,
         }
@@ -213,6 +218,7 @@ impl Tracer {
             .map_max_entries("TRACK_CALLS", track_threads)
             .map_max_entries("TRACK_SITES", track_sites)
             .map_max_entries("TRACK_EVENTS", track_ring)
+            .override_global("MEMOIZE_WALKS", &u32::from(options.memoize_walks), true)
             .load(PROGRAMS)
             .map_err(|err| privilege_hint(anyhow!(err).context("loading memmon's eBPF programs")))?;
         let mut names: Vec<&str> = match options.programs {

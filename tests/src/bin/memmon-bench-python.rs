@@ -2,6 +2,10 @@
 //! Debian's python3.11 allocating from a 10-deep Python stack (ten distinct functions), against
 //! the same tracer with Python frames off (native stacks only) and untraced, measured
 //! interleaved in the same run; and the memory of the symbolizer's code-object cache.
+//!
+//! A CPython target's walks are never memoized (they read interpreter frames), so the native
+//! baseline the Python walk is measured against walks every stack too; the memoized native row
+//! shows what a process without Python frames pays.
 
 use memmon::{
     symbolize::Symbolizer,
@@ -27,7 +31,13 @@ fn script() -> String {
 
 fn main() {
     let mut target = Target::start_program("/usr/bin/python3.11", &["-c", &script()]);
-    let configs = [("untraced", None), ("memmon exact, native stacks", Some(false)), ("memmon exact, Python frames", Some(true))];
+    // (name, Some((Python frames, memoized walks))).
+    let configs = [
+        ("untraced", None),
+        ("memmon exact, native stacks", Some((false, false))),
+        ("memmon exact, Python frames", Some((true, false))),
+        ("memmon exact, native, memoized", Some((false, true))),
+    ];
     let mut samples = vec![Vec::new(); configs.len()];
     let mut python_frames = 0;
     let mut cache = (0, 0);
@@ -37,11 +47,12 @@ fn main() {
     measure(&mut target, ALLOCATIONS / 10);
     for _ in 0..ROUNDS {
         for (c, (_, python)) in configs.iter().enumerate() {
-            let mut tracer = python.map(|python_frames| {
-                Tracer::attach(&[target.pid()], TracerOptions { python_frames, ..TracerOptions::default() }).expect("attach")
+            let mut tracer = python.map(|(python_frames, memoize_walks)| {
+                let options = TracerOptions { python_frames, memoize_walks, ..TracerOptions::default() };
+                Tracer::attach(&[target.pid()], options).expect("attach")
             });
             samples[c].push(measure(&mut target, ALLOCATIONS));
-            if let (Some(tracer), Some(true)) = (tracer.as_mut(), python) {
+            if let (Some(tracer), Some((true, _))) = (tracer.as_mut(), python) {
                 let snapshot = tracer.snapshot().expect("snapshot");
                 let mut symbolizer = Symbolizer::new();
                 for site in &snapshot.sites {
@@ -53,9 +64,9 @@ fn main() {
         }
     }
     let medians: Vec<f64> = samples.iter().map(|s| median(s)).collect();
-    println!("{:<30} {:>14}", "configuration", "ns per alloc");
+    println!("{:<32} {:>14}", "configuration", "ns per alloc");
     for ((name, _), value) in configs.iter().zip(&medians) {
-        println!("{name:<30} {value:>11.0} ns");
+        println!("{name:<32} {value:>11.0} ns");
     }
     println!(
         "Python walk: {:.0} ns per allocation for {python_frames} Python frames (goal: ≤ 1 µs); code-object cache: {} objects, {:.1} KiB",
