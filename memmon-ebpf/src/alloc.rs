@@ -244,7 +244,7 @@ fn count_untracked_free(tgid: u32) {
 fn record(regs: stack::UserRegs, thread: u64, addr: u64, size: u64) {
     let tgid = (thread >> 32) as u32;
     // No site at all, not even the unknown-stack one (the stack table is full): untracked.
-    let Some((site, image)) = stack::current_site(regs, tgid, || image_of(tgid)) else {
+    let Some((site, image)) = stack::current_site(regs, thread, || image_of(tgid)) else {
         lose(Loss::SiteTableFull);
         return;
     };

@@ -13,15 +13,50 @@ use memmon_common::ProcessMemory;
 
 use crate::{
     counters::add,
-    maps::{PENDING, PENDING_SYSCALLS, PYTHON_TARGETS, TARGET_MAPPINGS, TARGETS, WALK_GENERATION},
+    maps::{IMAGE_CACHE, PENDING, PENDING_SYSCALLS, PYTHON_TARGETS, TARGET_MAPPINGS, TARGETS, WALK_GENERATION},
 };
 
 /// Offset of `group_dead` in the sched_process_exit record (its format file on 6.18).
 const EXIT_RECORD_GROUP_DEAD: usize = 32;
 
 /// The image number of target `tgid` (0 for a process that is not one).
+///
+/// Every free needs it (the live table's key), so each CPU keeps its last answer
+/// (`IMAGE_CACHE`: `tgid << 32 | image`, and the walk generation it was read under): an image
+/// changes only at an exec, which bumps the generation, as do userspace's adding and forgetting
+/// of targets. A program preempted while writing the cache by another on the same CPU must not
+/// leave a torn entry behind that looks current: the generation word is cleared first and set
+/// last, and the pair is one word, so every entry that matches holds a pair that was right
+/// under that generation.
 #[inline(always)]
 pub fn image_of(tgid: u32) -> u32 {
+    let generation = crate::memo::generation();
+    let Some(cache) = IMAGE_CACHE.get_ptr_mut(0) else { return lookup_image(tgid) };
+    // SAFETY: this CPU's cache entry; volatile, so that each word is read and written once, in
+    // this order.
+    unsafe {
+        let cache = &mut *cache;
+        let cached_generation = core::ptr::read_volatile(&cache[1]);
+        let pair = core::ptr::read_volatile(&cache[0]);
+        if cached_generation == generation
+            && core::ptr::read_volatile(&cache[1]) == generation
+            && (pair >> 32) as u32 == tgid
+        {
+            return pair as u32;
+        }
+        let image = lookup_image(tgid);
+        core::ptr::write_volatile(&mut cache[1], NO_GENERATION);
+        core::ptr::write_volatile(&mut cache[0], (tgid as u64) << 32 | image as u64);
+        core::ptr::write_volatile(&mut cache[1], generation);
+        image
+    }
+}
+
+/// A generation no walk runs under: the cache entry is being written.
+const NO_GENERATION: u64 = u64::MAX;
+
+#[inline(always)]
+fn lookup_image(tgid: u32) -> u32 {
     TARGETS.get_ptr(tgid).map_or(0, |process| unsafe { (*process).execs } as u32)
 }
 

@@ -79,6 +79,10 @@ pub static WALK_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 pub static PROBE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(memmon_common::probe_hits::PROGRAMS.len() as u32, 0);
 
+/// Each CPU's last answer of `lifecycle::image_of`: `[tgid << 32 | image, walk generation]`.
+#[map]
+pub static IMAGE_CACHE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Loss counters, indexed by `memmon_common::Loss`.
 #[map]
 pub static LOSSES: Array<u64> = Array::with_max_entries(LOSS_REASONS as u32, 0);

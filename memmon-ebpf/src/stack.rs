@@ -4,7 +4,7 @@
 //! hit, and a colliding different stack moves to the next slot, so two stacks are never merged
 //! into one site and a site is never relabelled (unlike `BPF_F_REUSE_STACKID` stack-id maps).
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use memmon_common::{Loss, MAX_STACK_DEPTH, STACK_PROBE_LIMIT, StackTrace, Truncation, memo::MemoKey};
 
 pub use crate::unwind::UserRegs;
@@ -16,8 +16,8 @@ use crate::{
 
 const EEXIST: i32 = 17;
 
-/// Captures the calling thread's user stack and returns its site id, with the process image
-/// the site belongs to.
+/// Captures the calling thread's (`thread`, its pid_tgid) user stack and returns its site id,
+/// with the process image the site belongs to.
 ///
 /// From the allocator's return probe the first frame is the allocator's caller; from a
 /// syscall, the syscall wrapper (glibc's mmap). The walk itself is `unwind::walk`; a thread
@@ -27,8 +27,9 @@ const EEXIST: i32 = 17;
 /// When the stack cannot be stored, the allocation still counts, under the process's
 /// "unknown stack" site (depth 0), and the reason is counted as a loss.
 #[inline(always)]
-pub fn current_site(regs: UserRegs, tgid: u32, image: impl FnOnce() -> u32) -> Option<(u64, u32)> {
-    let key = MemoKey { thread: bpf_get_current_pid_tgid(), ip: regs.ip, sp: regs.sp };
+pub fn current_site(regs: UserRegs, thread: u64, image: impl FnOnce() -> u32) -> Option<(u64, u32)> {
+    let tgid = (thread >> 32) as u32;
+    let key = MemoKey { thread, ip: regs.ip, sp: regs.sp };
     let generation = memo::generation();
     if let Some(recalled) = memo::recall(&key, regs.rbp, generation) {
         return Some(recalled);

@@ -117,7 +117,7 @@ fn owner(thread: u64, tgid: u32, image: u32, call: &PendingSyscall) -> u64 {
         return ALLOCATOR_SITE;
     }
     let regs = stack::UserRegs { ip: call.ip, sp: call.sp, rbp: call.fp };
-    stack::current_site(regs, tgid, || image).map_or(ALLOCATOR_SITE, |(site, _)| site)
+    stack::current_site(regs, thread, || image).map_or(ALLOCATOR_SITE, |(site, _)| site)
 }
 
 #[inline(always)]

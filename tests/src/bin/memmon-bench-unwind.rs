@@ -1,6 +1,10 @@
 //! `cargo xtask bench`, stack-walk part: what the CFI walk costs per allocation at 5 and 15
 //! frames of code without frame pointers (against the trap floor and untraced, measured
 //! interleaved in the same run), and what building the unwind tables costs for real objects.
+//!
+//! The loop allocates from one place over and over, which the walk memo recalls after the
+//! first walk: the walk's own cost is measured with memoizing off, and the memoized row shows
+//! what such a loop pays.
 
 use std::time::Instant;
 
@@ -21,36 +25,50 @@ fn main() {
 }
 
 fn walk_cost() {
-    let configs: [(&str, Option<Programs>); 3] =
-        [("untraced", None), ("floor: empty programs", Some(Programs::Empty)), ("memmon exact (CFI walk)", Some(Programs::Tracking))];
+    // (name, Some((programs, memoized walks))).
+    let configs: [(&str, Option<(Programs, bool)>); 4] = [
+        ("untraced", None),
+        ("floor: empty programs", Some((Programs::Empty, false))),
+        ("memmon exact (CFI walk)", Some((Programs::Tracking, false))),
+        ("memmon exact (memoized)", Some((Programs::Tracking, true))),
+    ];
     let mut target = Target::start("bench_pairs-nofp");
     let mut samples = vec![vec![Vec::new(); configs.len()]; DEPTHS.len()];
     let mut frames = vec![0usize; DEPTHS.len()];
     println!("memmon bench (stack walk): malloc(64)+free pairs D calls deep, no frame pointers, {PAIRS} per run, {ROUNDS} rounds interleaved");
     for round in 0..ROUNDS {
-        for (c, (_, programs)) in configs.iter().enumerate() {
-            let mut tracer = programs.map(|programs| {
-                Tracer::attach(&[target.pid()], TracerOptions { programs, ..TracerOptions::default() }).expect("attach")
+        for (c, (_, config)) in configs.iter().enumerate() {
+            let mut tracer = config.map(|(programs, memoize_walks)| {
+                Tracer::attach(&[target.pid()], TracerOptions { programs, memoize_walks, ..TracerOptions::default() })
+                    .expect("attach")
             });
             for (d, &depth) in DEPTHS.iter().enumerate() {
                 if round == 0 {
                     measure(&mut target, PAIRS / 10, depth);
                 }
                 samples[d][c].push(measure(&mut target, PAIRS, depth));
-                if let (Some(tracer), Some(Programs::Tracking)) = (tracer.as_mut(), programs) {
+                if let (Some(tracer), Some((Programs::Tracking, false))) = (tracer.as_mut(), config) {
                     frames[d] = frames[d].max(deepest(&tracer.snapshot().expect("snapshot")));
                 }
             }
         }
     }
-    println!("{:<8} {:>7} {:>12} {:>12} {:>14} {:>18}", "depth", "frames", "untraced", "floor", "memmon exact", "walk (exact−floor)");
+    println!(
+        "{:<8} {:>7} {:>12} {:>12} {:>14} {:>18} {:>16}",
+        "depth", "frames", "untraced", "floor", "memmon exact", "walk (exact−floor)", "memoized exact"
+    );
     let mut walk = Vec::new();
     for (d, &depth) in DEPTHS.iter().enumerate() {
         let medians: Vec<f64> = samples[d].iter().map(|s| median(s)).collect();
         walk.push(medians[2] - medians[1]);
         println!(
-            "{depth:<8} {:>7} {:>9.0} ns {:>9.0} ns {:>11.0} ns {:>15.0} ns",
-            frames[d], medians[0], medians[1], medians[2], medians[2] - medians[1]
+            "{depth:<8} {:>7} {:>9.0} ns {:>9.0} ns {:>11.0} ns {:>15.0} ns {:>13.0} ns",
+            frames[d],
+            medians[0],
+            medians[1],
+            medians[2],
+            medians[2] - medians[1],
+            medians[3]
         );
     }
     let per_frame = (walk[1] - walk[0]) / (frames[1] as f64 - frames[0] as f64).max(1.0);
