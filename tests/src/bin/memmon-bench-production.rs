@@ -3,8 +3,9 @@
 //! (exact tier), with `memmon agent --preset production` (always-on tier, no window open), and
 //! with heaptrack attached by pid (`heaptrack -p`, which injects its LD_PRELOAD library through
 //! gdb); with each tracer's own CPU time and peak RSS. memmon's configurations are interleaved
-//! round by round; heaptrack, which cannot be detached from a process, gets a fresh server and
-//! its own untraced baseline, measured in the same run.
+//! round by round, with the always-on tier's tracepoints alone (no agent) as a fourth; heaptrack,
+//! which cannot be detached from a process, gets a fresh server and its own untraced baseline,
+//! measured in the same run.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -13,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use memmon::tracer::{Tracer, TracerOptions};
 use memmon_tests::{Agent, RedisServer, median, requests_per_second, require_root};
 
 const REQUESTS: &str = "50000";
@@ -100,23 +102,39 @@ fn find_process(comm: &str) -> Option<u32> {
     })
 }
 
+/// What is attached to redis-server for a row.
+enum Setup {
+    Untraced,
+    /// `memmon agent` with these arguments.
+    Agent(&'static [&'static str]),
+    /// The always-on tier's kernel side alone, without the agent's work: the memory syscalls'
+    /// tracepoints (enabling one sends every syscall on the host through the slow entry path).
+    Tracepoints,
+}
+
 fn main() {
     require_root();
-    let configs: [(&str, Option<&[&str]>); 3] = [
-        ("untraced", None),
-        ("memmon agent (exact tier)", Some(&[])),
-        ("memmon agent --preset production", Some(&["--preset", "production"])),
+    let configs: [(&str, Setup); 4] = [
+        ("untraced", Setup::Untraced),
+        ("memmon agent (exact tier)", Setup::Agent(&[])),
+        ("memmon agent --preset production", Setup::Agent(&["--preset", "production"])),
+        ("syscall tracepoints alone (no agent)", Setup::Tracepoints),
     ];
     let mut rows: Vec<Row> = configs.iter().map(|_| Row::default()).collect();
     let redis = RedisServer::start();
     redis.benchmark(&["-t", "set,get", "-n", "10000", "-r", "100000"]); // warm-up
     for _ in 0..ROUNDS {
-        for ((_, args), row) in configs.iter().zip(rows.iter_mut()) {
-            match args {
-                None => row.run(&redis, None),
-                Some(args) => {
+        for ((_, setup), row) in configs.iter().zip(rows.iter_mut()) {
+            match setup {
+                Setup::Untraced => row.run(&redis, None),
+                Setup::Agent(args) => {
                     let agent = Agent::start(redis.pid(), args);
                     row.run(&redis, Some(agent.pid()));
+                }
+                Setup::Tracepoints => {
+                    let options = TracerOptions { allocator_probes: false, ..TracerOptions::default() };
+                    let _tracer = Tracer::attach(&[redis.pid()], options).expect("attach");
+                    row.run(&redis, None);
                 }
             }
         }
