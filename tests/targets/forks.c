@@ -4,8 +4,10 @@
  *   spawn        forks one child, which waits for orders on a pipe
  *   child-leak   the child keeps 3 blocks of 1000 bytes at child_keeps (it answers itself)
  *   child-exit   the child exits; the parent reaps it
- *   storm N      forks N children at about 1000 per second, each of which lives 200 ms; for each
- *                the parent makes and frees one block of 64 bytes (its live bytes do not move)
+ *   storm N      forks N children at about 1000 per second, each of which lives 200 ms, but every
+ *                50th of the first two thirds lives 1 s (so that some outlive an attach on a loaded
+ *                machine, and all are gone when the forking ends); for each the parent makes and
+ *                frees one block of 64 bytes (its live bytes do not move)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,7 +104,7 @@ __attribute__((noinline)) void storm(int n)
     for (int i = 0; i < n; i++) {
         pid_t pid = fork();
         if (pid == 0) {
-            pause_ms(200);
+            pause_ms(i % 50 == 0 && i < n - n / 3 ? 1000 : 200);
             _exit(0);
         }
         running++;
