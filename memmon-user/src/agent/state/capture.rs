@@ -442,9 +442,14 @@ mod tests {
 /// BPF run-time statistics on, for as long as the descriptor lives (the kernel counts runs and
 /// run time only while someone holds one).
 fn enable_stats() -> Option<OwnedFd> {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
         Ok(fd) => Some(fd),
         Err(err) => {
+            // Sampled every 30 s: said once.
+            if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                return None;
+            }
             log::warn!(
                 "BPF run-time statistics unavailable ({err}): the overhead estimate charges the probes' traps only, \
                  not their programs' own time"
